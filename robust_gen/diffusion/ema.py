@@ -1,0 +1,72 @@
+"""Exponential moving average of model weights, on ``torch.optim.swa_utils.AveragedModel``.
+
+PyTorch already provides the averaging (``get_ema_multi_avg_fn``, a fused multi-tensor update); this module only
+adds the habits diffusion training wants: buffers averaged too, the averaged copy kept out of autograd, and a
+warm-up so the first steps' random weights do not linger (decay ramps as ``min(decay, (1 + n) / (10 + n))``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.optim.swa_utils import AveragedModel
+
+__all__ = ["EMA"]
+
+
+class EMA(AveragedModel):
+    """EMA copy of ``model``; call :meth:`update` after each optimizer step.
+
+    Parameters
+    ----------
+    model:
+        The model being trained (its weights are copied, not shared).
+    decay:
+        Target decay, e.g. 0.9999 for long runs, 0.999 for short ones.
+    warmup:
+        Ramp the decay up from ~0.1 as ``(1 + n) / (10 + n)`` over the first updates.
+
+    Examples
+    --------
+    >>> net = torch.nn.Linear(2, 2)
+    >>> ema = EMA(net, decay=0.5, warmup=False)
+    >>> ema.update(net)  # the first update copies the weights (AveragedModel's convention)
+    >>> with torch.no_grad():
+    ...     _ = net.weight.add_(1.0)
+    >>> ema.update(net)
+    >>> bool(torch.allclose(ema.module.weight, net.weight - 0.5))
+    True
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float = 0.9999, warmup: bool = True) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay, self.warmup = float(decay), bool(warmup)
+        super().__init__(model, multi_avg_fn=self._average, use_buffers=True)
+        self.module.requires_grad_(False)
+        self.module.eval()
+
+    def current_decay(self, num_averaged: int) -> float:
+        """The decay used for the update after ``num_averaged`` earlier ones."""
+        if not self.warmup:
+            return self.decay
+        return min(self.decay, (1.0 + num_averaged) / (10.0 + num_averaged))
+
+    @torch.no_grad()
+    def _average(self, ema_params, model_params, num_averaged) -> None:
+        decay = self.current_decay(int(num_averaged))
+        ema_params = list(ema_params)
+        if ema_params and all(p.is_floating_point() for p in ema_params):
+            torch._foreach_lerp_(ema_params, list(model_params), 1.0 - decay)
+        else:
+            for e, m in zip(ema_params, model_params):
+                e.copy_(torch.lerp(e, m, 1.0 - decay) if e.is_floating_point() else m)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        """Fold the current weights of ``model`` into the average."""
+        self.update_parameters(model)
+
+    def train(self, mode: bool = True):  # the averaged copy is only ever used for inference
+        super().train(mode)
+        self.module.eval()
+        return self
