@@ -115,3 +115,20 @@ def test_objective_errors_are_clear():
         objective(lambda x, t: x, torch.zeros(2, 3), t=torch.tensor([1]))
     with pytest.raises(ValueError, match="unknown prediction type"):
         DiffusionObjective(DiscreteVP("linear"), L2Loss(), prediction="score")
+
+
+def test_sharded_randomness_reproduces_the_single_process_batch():
+    from robust_gen.diffusion.randomness import BatchGenerator
+
+    schedule = DiscreteVP("linear", 1000)
+    objective = DiffusionObjective(schedule, L2Loss())
+    x0 = torch.randn(6, 3)
+    model = lambda x, t: x * 0.5  # noqa: E731
+    whole = objective(model, x0, generator=BatchGenerator(7, step=3))
+    parts = [
+        objective(model, x0[k * 3 : (k + 1) * 3], generator=BatchGenerator(7, step=3, shard_index=k, num_shards=2))
+        for k in range(2)
+    ]
+    assert torch.equal(torch.cat([p.t for p in parts]), whole.t)
+    assert torch.allclose(torch.cat([p.loss for p in parts]), whole.loss)
+    assert not torch.equal(objective(model, x0, generator=BatchGenerator(7, step=4)).t, whole.t)

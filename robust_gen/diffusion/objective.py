@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from robust_gen.diffusion.randomness import BatchGenerator
 from robust_gen.diffusion.schedules import NoiseSchedule
 
 __all__ = ["PREDICTIONS", "DiffusionObjective", "ObjectiveOutput", "batch_mean", "convert_prediction"]
@@ -167,7 +168,7 @@ class DiffusionObjective:
         model_kwargs: dict | None = None,
         t: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | BatchGenerator | None = None,
     ) -> ObjectiveOutput:
         """One training evaluation.
 
@@ -186,14 +187,24 @@ class DiffusionObjective:
             Conditions passed to the network untouched.
         t, noise:
             Fix the times or the noise (tests, evaluation); drawn from ``generator`` otherwise.
+        generator:
+            A ``torch.Generator``, or a :class:`~robust_gen.diffusion.randomness.BatchGenerator` so that
+            data-parallel processes draw their shard of one global batch's randomness.
         """
         batch = x0.shape[0]
+        sharded = isinstance(generator, BatchGenerator)
         if t is None:
-            t = self.schedule.sample_t(batch, generator=generator, device=x0.device)
+            if sharded:
+                t = generator.sample_t(self.schedule, batch).to(x0.device)
+            else:
+                t = self.schedule.sample_t(batch, generator=generator, device=x0.device)
         elif t.shape != (batch,):
             raise ValueError(f"t must have one time per sample (shape [{batch}]), got {list(t.shape)}")
         if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+            if sharded:
+                noise = generator.randn(x0.shape, dtype=x0.dtype).to(x0.device)
+            else:
+                noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = self.schedule.add_noise(x0, noise, t, mu=mu)
         if mask is not None:
             x_t = x_t * mask

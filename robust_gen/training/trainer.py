@@ -1,0 +1,418 @@
+"""One trainer for every recipe, on ``accelerate``: CPU, one GPU, many GPUs or nodes with the same code.
+
+A recipe hands the trainer a *task module*: an ``nn.Module`` whose ``forward(batch, rng)`` returns a dict of named
+:class:`LossTerm` (per-sample values) and, optionally, plain tensors to log. The trainer owns everything else:
+data order, per-step randomness, the one batch mean, mixed precision, gradient clipping, EMA, non-finite steps,
+checkpoints, resume, metrics and progress.
+
+Exact resume: the data order is a function of ``(seed, epoch)`` (:class:`EpochSampler`), the step's randomness
+of ``(seed, step)`` (:class:`~robust_gen.diffusion.randomness.BatchGenerator`), and the checkpoint holds model,
+EMA, optimizer and LR schedule, so a run restarted from a checkpoint follows the path the uninterrupted run
+would have taken.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from robust_gen.diffusion.ema import EMA
+from robust_gen.diffusion.objective import batch_mean
+from robust_gen.diffusion.randomness import BatchGenerator
+from robust_gen.training.checkpoint import load_latest_checkpoint, save_checkpoint
+from robust_gen.training.data import EpochSampler
+from robust_gen.training.metrics import MetricsLogger
+from robust_gen.training.run_dir import RunLock, write_json
+
+__all__ = ["LossTerm", "NonFiniteLossError", "Trainer", "TrainerConfig"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LossTerm:
+    """One term of the training loss: per-sample values, optional per-sample weights for the batch mean.
+
+    The total loss is ``sum(scale * batch_mean(values, weights))`` over the terms.
+    """
+
+    values: torch.Tensor
+    weights: torch.Tensor | None = None
+    scale: float = 1.0
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+@dataclass
+class TrainerConfig:
+    """Training settings (the ``trainer`` config group).
+
+    ``batch_size`` is the global batch of one forward pass: with N processes each sees ``batch_size / N``.
+    One optimizer step sees ``batch_size * grad_accum`` samples.
+    """
+
+    max_steps: int = 1000
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    grad_clip: float | None = 1.0
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    mixed_precision: str = "no"
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    eval_every: int = 0
+    num_workers: int = 0
+    max_nonfinite_steps: int = 20
+    tensorboard: bool = True
+    progress: bool = True
+    deterministic: bool = False
+    cpu: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError(
+                f"max_steps, batch_size and grad_accum must be >= 1, got {self.max_steps}, {self.batch_size}, "
+                f"{self.grad_accum}"
+            )
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        self.adam_betas = tuple(self.adam_betas)
+
+
+class Trainer:
+    """Train a task module on a dataset, writing everything into ``run_dir``.
+
+    Parameters
+    ----------
+    task:
+        ``nn.Module`` with ``forward(batch, rng) -> dict[str, LossTerm | Tensor]``.
+    dataset:
+        A map-style dataset; if it has ``set_epoch(epoch)`` the trainer calls it at each epoch (for corruption
+        re-drawn every epoch).
+    config:
+        :class:`TrainerConfig`.
+    run_dir:
+        The run directory (see :mod:`robust_gen.training.run_dir`).
+    collate_fn:
+        Batch collation (``torch.utils.data.default_collate`` when None).
+    config_yaml:
+        The resolved config, stored in every checkpoint.
+    eval_fn:
+        Optional ``eval_fn(ema_module, step, run_dir) -> dict`` run on the main process every ``eval_every``
+        steps and at the end (sampling, metrics); its numbers go to the metrics log.
+    """
+
+    def __init__(
+        self,
+        task: torch.nn.Module,
+        dataset: Dataset,
+        config: TrainerConfig,
+        run_dir: str | Path,
+        *,
+        collate_fn: Callable | None = None,
+        config_yaml: str | None = None,
+        eval_fn: Callable[[torch.nn.Module, int, Path], dict] | None = None,
+    ) -> None:
+        self.task, self.dataset, self.cfg = task, dataset, config
+        self.run_dir = Path(run_dir)
+        self.collate_fn, self.config_yaml, self.eval_fn = collate_fn, config_yaml, eval_fn
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.nonfinite_total = 0
+        self.nonfinite_in_row = 0
+        self._stop_requested = False
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    def _build(self) -> None:
+        cfg = self.cfg
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.accelerator = Accelerator(
+            mixed_precision=cfg.mixed_precision,
+            gradient_accumulation_steps=cfg.grad_accum,
+            dataloader_config=DataLoaderConfiguration(split_batches=True),
+            cpu=cfg.cpu,
+        )
+        if cfg.batch_size % self.accelerator.num_processes:
+            raise ValueError(
+                f"trainer.batch_size={cfg.batch_size} must be divisible by the number of processes "
+                f"({self.accelerator.num_processes})"
+            )
+        self.sampler = EpochSampler(len(self.dataset), seed=cfg.seed)
+        loader = DataLoader(
+            self.dataset,
+            batch_size=cfg.batch_size,
+            sampler=self.sampler,
+            collate_fn=self.collate_fn,
+            num_workers=cfg.num_workers,
+            pin_memory=self.accelerator.device.type == "cuda",
+            drop_last=len(self.dataset) >= cfg.batch_size,
+            persistent_workers=cfg.num_workers > 0,
+        )
+        params = [p for p in self.task.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the task module has no trainable parameters")
+        fused = self.accelerator.device.type == "cuda"
+        optimizer = torch.optim.AdamW(
+            params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay, fused=fused or None
+        )
+        warmup = max(cfg.warmup_steps, 0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
+        self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
+            self.task, optimizer, loader, scheduler
+        )
+        self.ema = EMA(self.accelerator.unwrap_model(self.model), decay=cfg.ema_decay, warmup=cfg.ema_warmup)
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def _state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "nonfinite_total": self.nonfinite_total,
+            "trainer_config": asdict(self.cfg),
+        }
+
+    def save(self) -> Path | None:
+        """Write a checkpoint of the current step (main process; all processes wait for it)."""
+        self.accelerator.wait_for_everyone()
+        path = None
+        if self.is_main:
+            path = save_checkpoint(
+                self.run_dir / "checkpoints",
+                self.step,
+                tensors={
+                    "model": self.accelerator.unwrap_model(self.model).state_dict(),
+                    "ema": self.ema.state_dict(),
+                },
+                objects={"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                state=self._state(),
+                config_yaml=self.config_yaml,
+                keep=self.cfg.keep_checkpoints,
+            )
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def _resume(self) -> bool:
+        ckpt = load_latest_checkpoint(self.run_dir / "checkpoints", map_location="cpu")
+        if ckpt is None:
+            return False
+        self.accelerator.unwrap_model(self.model).load_state_dict(ckpt.tensors["model"])
+        self.ema.load_state_dict(ckpt.tensors["ema"])
+        self.optimizer.load_state_dict(ckpt.objects["optimizer"])
+        self.scheduler.load_state_dict(ckpt.objects["scheduler"])
+        self.step = ckpt.step
+        self.epoch = int(ckpt.state["epoch"])
+        self.batch_in_epoch = int(ckpt.state["batch_in_epoch"])
+        self.nonfinite_total = int(ckpt.state.get("nonfinite_total", 0))
+        log.info("resumed from %s (step %d, epoch %d, batch %d)", ckpt.path, self.step, self.epoch, self.batch_in_epoch)
+        return True
+
+    # --------------------------------------------------------------------------------------------- training
+    def _total_loss(self, terms: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        total, logged = None, {}
+        for name, term in terms.items():
+            if isinstance(term, LossTerm):
+                weights = term.weights
+                if weights is not None and self.accelerator.num_processes > 1:
+                    # Element-weighted means must divide by the GLOBAL weight, or shards with short samples
+                    # would count for more than one process would let them.
+                    global_sum = self.accelerator.reduce(weights.detach().sum(), reduction="sum")
+                    value = (term.values * weights).sum() * self.accelerator.num_processes / global_sum
+                else:
+                    value = batch_mean(term.values, weights)
+                total = term.scale * value if total is None else total + term.scale * value
+                logged[f"loss/{name}"] = value.detach()
+            else:
+                logged[name] = term.detach().float().mean()
+        if total is None:
+            raise ValueError("the task returned no LossTerm; at least one term must make up the loss")
+        logged["loss"] = total.detach()
+        return total, logged
+
+    def _all_finite(self, value: torch.Tensor) -> bool:
+        flag = torch.tensor(float(torch.isfinite(value).all()), device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="min") > 0)
+
+    def _handle_sigterm(self, signum, frame) -> None:  # preemption: finish the step, checkpoint, exit
+        self._stop_requested = True
+
+    def fit(self) -> dict[str, Any]:
+        """Train to ``max_steps`` (resuming from the newest valid checkpoint), then return a summary."""
+        self._build()
+        lock = RunLock(self.run_dir).acquire() if self._is_local_main() else None
+        try:
+            return self._fit()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _is_local_main(self) -> bool:
+        return self.accelerator.is_local_main_process
+
+    def _fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        resumed = self._resume()
+        metrics = (
+            MetricsLogger(self.run_dir, tensorboard=cfg.tensorboard, resume_step=self.step if resumed else None)
+            if self.is_main
+            else None
+        )
+        previous_handler = signal.signal(signal.SIGTERM, self._handle_sigterm) if self._on_main_thread() else None
+        progress = tqdm(
+            total=cfg.max_steps, initial=self.step, disable=not (cfg.progress and self.is_main), desc="train",
+            dynamic_ncols=True,
+        )
+        window: dict[str, list[float]] = {}
+        window_start, window_samples = time.perf_counter(), 0
+        last: dict[str, float] = {}
+        try:
+            while self.step < cfg.max_steps and not self._stop_requested:
+                if hasattr(self.dataset, "set_epoch"):
+                    self.dataset.set_epoch(self.epoch)
+                loader = self.loader
+                if self.batch_in_epoch:
+                    loader = self.accelerator.skip_first_batches(self.loader, self.batch_in_epoch)
+                # accelerate's loaders re-set the sampler's epoch from their own iteration counter when iterated
+                # (and a skipping loader starts that counter at 0): set it through the loader, every epoch.
+                loader.set_epoch(self.epoch)
+                for batch in loader:
+                    self.batch_in_epoch += 1
+                    stepped, logged = self._train_micro_batch(batch)
+                    window_samples += cfg.batch_size
+                    for k, v in logged.items():
+                        window.setdefault(k, []).append(float(v))
+                    if not stepped:
+                        continue
+                    progress.update(1)
+                    if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                        elapsed = time.perf_counter() - window_start
+                        last = {k: sum(v) / len(v) for k, v in window.items()}
+                        last.update(
+                            lr=self.scheduler.get_last_lr()[0],
+                            samples_per_s=window_samples / max(elapsed, 1e-9),
+                            epoch=self.epoch,
+                            nonfinite_total=self.nonfinite_total,
+                        )
+                        if metrics is not None:
+                            metrics.log(self.step, last)
+                        progress.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}")
+                        window, window_start, window_samples = {}, time.perf_counter(), 0
+                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                        self.save()
+                    if self.eval_fn and cfg.eval_every and self.step % cfg.eval_every == 0:
+                        self._evaluate(metrics)
+                    if self.step >= cfg.max_steps or self._stop_requested:
+                        break
+                else:
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+            self.save()
+            if self._stop_requested:
+                log.warning("stopped by SIGTERM at step %d; checkpoint written, re-run the command to resume", self.step)
+            elif self.eval_fn:
+                self._evaluate(metrics)
+        finally:
+            progress.close()
+            if metrics is not None:
+                metrics.close()
+            if previous_handler is not None:
+                signal.signal(signal.SIGTERM, previous_handler)
+        summary = {"step": self.step, "epoch": self.epoch, "nonfinite_total": self.nonfinite_total, **last}
+        if self.is_main:
+            write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+    @staticmethod
+    def _on_main_thread() -> bool:
+        import threading
+
+        return threading.current_thread() is threading.main_thread()
+
+    def _train_micro_batch(self, batch) -> tuple[bool, dict[str, torch.Tensor]]:
+        """One forward/backward; returns whether an optimizer step was taken, and what to log."""
+        acc, cfg = self.accelerator, self.cfg
+        micro = self.step * cfg.grad_accum + (self.batch_in_epoch - 1) % cfg.grad_accum
+        rng = BatchGenerator(
+            cfg.seed, micro, shard_index=acc.process_index, num_shards=acc.num_processes, device=acc.device
+        )
+        with acc.accumulate(self.model):
+            terms = self.model(batch, rng)
+            loss, logged = self._total_loss(terms)
+            finite = self._all_finite(loss.detach())
+            if finite:
+                acc.backward(loss)
+            if not acc.sync_gradients:
+                return False, logged
+            grad_norm = None
+            if finite:
+                params = [p for p in self.model.parameters() if p.requires_grad]
+                if cfg.grad_clip:
+                    grad_norm = acc.clip_grad_norm_(params, cfg.grad_clip)
+                else:
+                    grad_norm = torch.linalg.vector_norm(
+                        torch.stack([p.grad.norm() for p in params if p.grad is not None])
+                    )
+                finite = bool(torch.isfinite(grad_norm))
+            if not finite:
+                self.optimizer.zero_grad(set_to_none=True)
+                self._count_nonfinite()
+                return False, {}
+            self.nonfinite_in_row = 0
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.ema.update(acc.unwrap_model(self.model))
+        if grad_norm is not None:
+            logged["grad_norm"] = grad_norm.detach().float()
+        return True, {k: acc.reduce(v.float().to(acc.device), reduction="mean") for k, v in logged.items()}
+
+    def _count_nonfinite(self) -> None:
+        self.nonfinite_total += 1
+        self.nonfinite_in_row += 1
+        log.warning(
+            "non-finite loss or gradient at step %d: step skipped (%d in a row, %d in total)",
+            self.step, self.nonfinite_in_row, self.nonfinite_total,
+        )
+        if self.nonfinite_in_row >= self.cfg.max_nonfinite_steps:
+            path = self.save()
+            raise NonFiniteLossError(
+                f"{self.nonfinite_in_row} consecutive steps had a non-finite loss or gradient (limit "
+                f"trainer.max_nonfinite_steps={self.cfg.max_nonfinite_steps}); the last good state is saved at "
+                f"{path}. Lower the learning rate, check the data for NaN/inf, or disable mixed precision."
+            )
+
+    def _evaluate(self, metrics: MetricsLogger | None) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            results = self.eval_fn(self.ema.module, self.step, self.run_dir) or {}
+            numeric = {k: v for k, v in results.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+            if metrics is not None and numeric:
+                metrics.log(self.step, {f"eval/{k}": v for k, v in numeric.items()})
+        self.accelerator.wait_for_everyone()
