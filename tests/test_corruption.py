@@ -412,7 +412,7 @@ def test_corruption_configs_compose_and_instantiate(name):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "configs" / "shared"), version_base="1.3"):
         config = compose(overrides=[f"+corruption={name}", *FILLED[name]])
     assert {"_target_", "ratio", "seed"} <= set(config.corruption)
     corruption = instantiate(config.corruption)

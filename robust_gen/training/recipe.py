@@ -1,0 +1,109 @@
+"""What every recipe entry point does the same way: find the configs, name the run, write the resolved config,
+apply the configured corruption and record its manifest, and build the trainer settings.
+
+Recipes are thin Hydra scripts; this module keeps them thin and identical in these habits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from robust_gen.training.run_dir import atomic_write_text
+from robust_gen.training.trainer import TrainerConfig
+
+__all__ = [
+    "CONFIG_ROOT",
+    "MANIFEST_NAME",
+    "apply_corruption",
+    "register_resolvers",
+    "run_name",
+    "trainer_config",
+    "write_resolved_config",
+]
+
+log = logging.getLogger(__name__)
+
+#: The Hydra config tree: ``configs/<recipe>/`` roots plus ``configs/shared/`` groups (loss, trainer, corruption).
+CONFIG_ROOT = Path(os.environ.get("ROBUST_GEN_CONFIGS", Path(__file__).resolve().parents[2] / "configs"))
+MANIFEST_NAME = "corruption_manifest.json"
+
+
+def run_name(override_dirname: str = "") -> str:
+    """A directory name for a run from its command-line overrides, so re-running a command finds its run.
+
+    Examples
+    --------
+    >>> run_name("")
+    'default'
+    >>> run_name("corruption=label_flip,corruption.ratio=0.2")
+    'corruption=label_flip,corruption.ratio=0.2'
+    >>> run_name("data.root=/a/b")
+    'data.root=_a_b'
+    """
+    if not override_dirname:
+        return "default"
+    return re.sub(r"[^A-Za-z0-9=,._+-]", "_", override_dirname)[:200]
+
+
+def register_resolvers() -> None:
+    """Register the ``rg.*`` OmegaConf resolvers and point Hydra at the shared groups (idempotent).
+
+    Call before ``@hydra.main`` runs (at import time of the recipe script).
+    """
+    os.environ.setdefault("ROBUST_GEN_CONFIGS", str(CONFIG_ROOT))
+    if not OmegaConf.has_resolver("rg.run_name"):
+        OmegaConf.register_new_resolver("rg.run_name", run_name)
+
+
+def write_resolved_config(cfg: DictConfig, run_dir: str | Path) -> str:
+    """Write the fully resolved config to ``run_dir/config.yaml`` and return its text."""
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    atomic_write_text(Path(run_dir) / "config.yaml", text)
+    return text
+
+
+def trainer_config(cfg: DictConfig | dict) -> TrainerConfig:
+    """Build :class:`TrainerConfig` from the ``trainer`` group, naming any unknown key.
+
+    Examples
+    --------
+    >>> trainer_config({"max_steps": 5, "batch_size": 2}).max_steps
+    5
+    >>> trainer_config({"max_step": 5})
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown trainer setting(s) ['max_step']; known: ...
+    """
+    values = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    known = set(TrainerConfig.__dataclass_fields__)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown trainer setting(s) {unknown}; known: {sorted(known)}")
+    return TrainerConfig(**values)
+
+
+def apply_corruption(
+    corruption: Any,
+    records: list[dict],
+    run_dir: str | Path,
+    *,
+    epoch: int = 0,
+    **apply_kwargs: Any,
+) -> tuple[list[dict], Any]:
+    """Apply a corruption object to the dataset's records and write its manifest into the run directory.
+
+    Returns the corrupted records and the manifest. For corruption re-drawn every epoch the manifest of each
+    epoch goes to ``corruption_manifest_epochXXXX.json`` besides the epoch-0 one.
+    """
+    new_records, manifest = corruption.apply(records, epoch=epoch, **apply_kwargs)
+    name = MANIFEST_NAME if epoch == 0 else f"corruption_manifest_epoch{epoch:04d}.json"
+    manifest.save(Path(run_dir) / name)
+    changed = len(manifest.changed_indices)
+    log.info("corruption %s: %d of %d samples changed (manifest: %s)", manifest.kind, changed, len(records), name)
+    return new_records, manifest
