@@ -343,7 +343,14 @@ class Trainer:
                 metrics.close()
             if previous_handler is not None:
                 signal.signal(signal.SIGTERM, previous_handler)
-        summary = {"step": self.step, "epoch": self.epoch, "nonfinite_total": self.nonfinite_total, **last}
+        summary = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "nonfinite_total": self.nonfinite_total,
+            "num_processes": self.accelerator.num_processes,
+            "device": str(self.accelerator.device),
+            **last,
+        }
         if self.is_main:
             write_json(self.run_dir / "summary.json", summary)
         return summary
