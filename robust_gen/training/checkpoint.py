@@ -90,7 +90,9 @@ def save_checkpoint(
     name = f"step_{step:08d}"
     final = root / name
     tmp = root / f".tmp-{name}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    # Half-written checkpoints of a killed process (the run lock guarantees no live writer besides us).
+    for stale in root.glob(".tmp-step_*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir()
     try:
         for key, state_dict in tensors.items():

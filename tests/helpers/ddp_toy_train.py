@@ -1,6 +1,8 @@
 """Train the toy task of tests/test_trainer.py; run under torchrun to check data-parallel equivalence.
 
-    torchrun --nproc_per_node 2 tests/helpers/ddp_toy_train.py RUN_DIR STEPS
+    torchrun --nproc_per_node 2 tests/helpers/ddp_toy_train.py RUN_DIR STEPS [CHECKPOINT_EVERY]
+
+Also the victim of the kill-and-resume tests (tests/test_faults.py).
 """
 
 import sys
@@ -26,12 +28,12 @@ class ToyTask(torch.nn.Module):
         return {"diffusion": LossTerm(out.loss, weights=torch.ones_like(out.loss))}
 
 
-def main(run_dir: str, steps: int) -> None:
+def main(run_dir: str, steps: int, checkpoint_every: int = 0) -> None:
     torch.manual_seed(0)
     data = TensorDataset(torch.randn(48, 4, generator=torch.Generator().manual_seed(0)))
-    cfg = TrainerConfig(max_steps=steps, batch_size=8, checkpoint_every=0, progress=False, tensorboard=False, cpu=True)
+    cfg = TrainerConfig(max_steps=steps, batch_size=8, checkpoint_every=checkpoint_every, progress=False, tensorboard=False, cpu=True)
     Trainer(ToyTask(), data, cfg, run_dir).fit()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 0)
