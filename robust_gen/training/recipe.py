@@ -20,7 +20,10 @@ from robust_gen.training.trainer import TrainerConfig
 __all__ = [
     "CONFIG_ROOT",
     "MANIFEST_NAME",
+    "SAFE_TARGET_PREFIXES",
     "apply_corruption",
+    "check_targets",
+    "load_run_config",
     "register_resolvers",
     "run_name",
     "trainer_config",
@@ -107,3 +110,60 @@ def apply_corruption(
     changed = len(manifest.changed_indices)
     log.info("corruption %s: %d of %d samples changed (manifest: %s)", manifest.kind, changed, len(records), name)
     return new_records, manifest
+
+
+#: Where a ``_target_`` in a config read back from a run directory or checkpoint may point. Such a config came
+#: from disk (perhaps from someone else): it is data, and may only name classes of these libraries.
+SAFE_TARGET_PREFIXES = ("robust_gen.", "diffusers.", "transformers.", "torch.nn.", "torch.optim.")
+
+
+def check_targets(cfg: Any, allowed: tuple[str, ...] = SAFE_TARGET_PREFIXES, *, source: str = "config") -> None:
+    """Raise ``ValueError`` if any ``_target_`` in ``cfg`` names something outside ``allowed``.
+
+    Examples
+    --------
+    >>> check_targets({"loss": {"_target_": "robust_gen.diffusion.losses.L2Loss"}})
+    >>> check_targets({"x": [{"_target_": "os.system", "_args_": ["rm -rf /"]}]}, source="ckpt/config.yaml")
+    Traceback (most recent call last):
+    ...
+    ValueError: ckpt/config.yaml: refusing _target_ 'os.system' at x[0]; a config loaded from disk may only name ...
+    """
+    container = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            target = node.get("_target_")
+            if target is not None and not (isinstance(target, str) and target.startswith(allowed)):
+                raise ValueError(
+                    f"{source}: refusing _target_ {target!r} at {where or '<root>'}; a config loaded from disk may "
+                    f"only name classes under {allowed}"
+                )
+            for key, value in node.items():
+                walk(value, f"{where}.{key}" if where else str(key))
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{where}[{i}]")
+
+    walk(container, "")
+
+
+def load_run_config(run_dir: str | Path) -> DictConfig:
+    """Read a run's resolved ``config.yaml`` as data (YAML only; every ``_target_`` checked), naming what is missing.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "config.yaml").write_text("loss:\n  _target_: robust_gen.diffusion.losses.L2Loss\n")
+    >>> load_run_config(d).loss._target_
+    'robust_gen.diffusion.losses.L2Loss'
+    """
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: is {run_dir} a run directory written by a robust_gen recipe? (it holds config.yaml, "
+            "checkpoints/ and metrics.jsonl)"
+        )
+    cfg = OmegaConf.load(path)
+    check_targets(cfg, source=str(path))
+    return cfg
