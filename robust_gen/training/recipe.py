@@ -154,7 +154,7 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
     --------
     >>> import tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp())
-    >>> _ = (d / "config.yaml").write_text("loss:\n  _target_: robust_gen.diffusion.losses.L2Loss\n")
+    >>> _ = (d / "config.yaml").write_text("loss: {_target_: robust_gen.diffusion.losses.L2Loss}")
     >>> load_run_config(d).loss._target_
     'robust_gen.diffusion.losses.L2Loss'
     """
