@@ -131,7 +131,12 @@ def _mas_numba(log_p: torch.Tensor, text_lengths: torch.Tensor, mel_lengths: tor
         )
     log_p_np = np.ascontiguousarray(log_p.cpu().numpy())
     path = np.zeros(log_p_np.shape, dtype=np.uint8)
+    threads = torch.get_num_threads()
     _mas_batch_numba(log_p_np, text_lengths.cpu().numpy(), mel_lengths.cpu().numpy(), path)
+    # numba's OpenMP layer resets the process-wide OpenMP thread count when it first starts (e.g. 1 -> cores),
+    # which would silently change torch's thread count, hence its summation order, from the first call on.
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
     return torch.from_numpy(path)
 
 

@@ -26,7 +26,14 @@ from safetensors.torch import load_file, save_file
 
 from robust_gen.training.run_dir import atomic_write_text, fsync_dir, write_json
 
-__all__ = ["Checkpoint", "find_checkpoints", "load_latest_checkpoint", "save_checkpoint"]
+__all__ = [
+    "Checkpoint",
+    "find_checkpoints",
+    "load_checkpoint",
+    "load_latest_checkpoint",
+    "resolve_checkpoint",
+    "save_checkpoint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +162,49 @@ def load_latest_checkpoint(checkpoint_dir: str | Path, map_location: str | torch
                 problem = f"failed to load: {e}"
         log.warning("skipping checkpoint %s: %s; falling back to an older one", path, problem)
     return None
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Load one checkpoint folder after verifying its checksums; ``ValueError`` names what is wrong."""
+    path = Path(path)
+    if not (path / CHECKSUMS).is_file():
+        raise FileNotFoundError(f"{path} is not a checkpoint folder (no {CHECKSUMS}); pick one of checkpoints/step_*")
+    problem = _verify(path)
+    if problem is not None:
+        raise ValueError(f"checkpoint {path} is damaged: {problem}; use an older one from {path.parent}")
+    return _load(path, map_location)
+
+
+def resolve_checkpoint(
+    path: str | Path, step: int | str = "latest", map_location: str | torch.device = "cpu"
+) -> Checkpoint:
+    """Load a checkpoint given a run directory, its ``checkpoints/`` folder, or one ``step_*`` folder.
+
+    With a run or checkpoints folder, ``step="latest"`` takes the newest valid checkpoint and a number takes that
+    step's.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> run = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = save_checkpoint(run / "checkpoints", 3, tensors={"model": {"w": torch.zeros(1)}})
+    >>> resolve_checkpoint(run).step, resolve_checkpoint(run / "checkpoints" / "step_00000003").step
+    (3, 3)
+    """
+    path = Path(path)
+    if (path / CHECKSUMS).is_file():
+        return load_checkpoint(path, map_location)
+    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    if step == "latest":
+        checkpoint = load_latest_checkpoint(folder, map_location)
+        if checkpoint is None:
+            raise FileNotFoundError(f"no valid checkpoint under {folder}; train first, or name a step_* folder")
+        return checkpoint
+    wanted = folder / f"step_{int(step):08d}"
+    if not wanted.is_dir():
+        available = [p.name for p in find_checkpoints(folder)]
+        raise FileNotFoundError(f"checkpoint {wanted} not found; available: {available}")
+    return load_checkpoint(wanted, map_location)
 
 
 def _load(path: Path, map_location) -> Checkpoint:

@@ -1,0 +1,142 @@
+"""Train Grad-TTS on (possibly speaker-contaminated) speech.
+
+Command (defaults: the tiny model on the embedded espeak-ng corpus, a few minutes on a 2-core CPU)::
+
+    python recipes/tts/train.py
+    python recipes/tts/train.py corruption=speaker_mix corruption.ratio=0.3 loss=pseudo_huber
+    python recipes/tts/train.py data.single_speaker=true corruption=speaker_mix trainer.max_steps=2000
+    python recipes/tts/train.py +experiment=paper data=ljspeech data.root=/data/LJSpeech-1.1
+
+The run folder (``runs/tts/<overrides>``) receives the resolved ``config.yaml``, ``speakers.json``, the
+``corruption_manifest.json``, ``skipped_utterances.json``, ``metrics.jsonl``, checkpoints and, at the end,
+``samples/step_XXXXXXX/`` (``<speaker>_<i>.wav``, mel plots, ``samples.jsonl``). Re-running the same command
+resumes from the newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. On a busy machine (parallel test
+# runs, other jobs) spinning threads made CPU training over 10x slower; on an idle one sleeping costs ~nothing.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from robust_gen.speech.dataset import build_training_set, collate_tts
+from robust_gen.speech.mel import MelConfig
+from robust_gen.speech.synthesis import Synthesizer, write_samples
+from robust_gen.speech.task import GradTTSTask, segment_frames_for
+from robust_gen.speech.vocoder import build_vocoder
+from robust_gen.training.recipe import CONFIG_ROOT, register_resolvers, trainer_config, write_resolved_config
+from robust_gen.training.trainer import Trainer
+
+register_resolvers()
+log = logging.getLogger(__name__)
+
+
+def fill_corruption_speakers(cfg: DictConfig) -> None:
+    """Give a speaker corruption the data config's target and contaminant when its config leaves them ``???``."""
+    for key, data_key in (("target", "target_speaker"), ("contaminant", "contaminant_speaker")):
+        if key in cfg.corruption.keys() and OmegaConf.is_missing(cfg.corruption, key):
+            value = cfg.data.get(data_key)
+            if value is None:
+                raise ValueError(f"corruption.{key} is not set and data.{data_key} is null; set one of them")
+            cfg.corruption[key] = value
+
+
+def sample_speakers(cfg: DictConfig, speakers: dict[str, int]) -> list[str]:
+    """``samples.speakers``, or the data's target and contaminant the model knows (else its first speaker)."""
+    if cfg.samples.speakers:
+        return [str(s) for s in cfg.samples.speakers]
+    chosen = [
+        s for s in (cfg.data.get("target_speaker"), cfg.data.get("contaminant_speaker")) if s in speakers
+    ]
+    return chosen or [min(speakers, key=speakers.get)]
+
+
+def make_eval_fn(cfg: DictConfig, speakers: dict[str, int], mel_config: MelConfig):
+    """The trainer's eval hook: synthesize the configured texts with the EMA model into ``samples/step_*``."""
+    vocoder_options = {k: v for k, v in OmegaConf.to_container(cfg.vocoder).items() if k != "kind"}
+    vocoder_options = {k: v for k, v in vocoder_options.items() if v is not None}
+    names = sample_speakers(cfg, speakers)
+
+    def evaluate(ema_task: torch.nn.Module, step: int, run_dir: Path) -> dict[str, Any]:
+        device = str(next(ema_task.parameters()).device)
+        vocoder = build_vocoder(cfg.vocoder.kind, mel_config=mel_config, device=device, **vocoder_options)
+        synthesizer = Synthesizer(
+            ema_task.model, speakers, vocoder, add_blank=cfg.text.add_blank, cleaner=cfg.text.cleaner
+        )
+        rows = write_samples(
+            synthesizer,
+            [(str(text), speaker) for speaker in names for text in cfg.samples.texts],
+            Path(run_dir) / "samples" / f"step_{step:07d}",
+            sample_rate=mel_config.sample_rate,
+            plots=cfg.samples.plots,
+            n_timesteps=cfg.samples.n_timesteps,
+            temperature=cfg.samples.temperature,
+            sampler=cfg.samples.sampler,
+            length_scale=cfg.samples.length_scale,
+            seed=cfg.samples.seed,
+        )
+        return {"sample_seconds": sum(r["seconds"] for r in rows) / len(rows)}
+
+    return evaluate
+
+
+def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run the recipe with a composed config; ``run_dir`` defaults to Hydra's run folder. Returns the summary."""
+    run_dir = Path(run_dir) if run_dir is not None else Path(HydraConfig.get().runtime.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fill_corruption_speakers(cfg)
+    mel_config = MelConfig(**OmegaConf.to_container(cfg.mel, resolve=True))
+    training_set = build_training_set(
+        OmegaConf.to_container(cfg.data, resolve=True),
+        mel_config=mel_config,
+        corruption=instantiate(cfg.corruption),
+        run_dir=run_dir,
+        add_blank=cfg.text.add_blank,
+        cleaner=cfg.text.cleaner,
+    )
+    speakers = training_set.speakers
+    with open_dict(cfg):
+        cfg.speaker_ids = speakers  # checkpoints carry the ids, so synthesis needs nothing but the checkpoint
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.trainer.seed)  # the initial weights are part of the run's reproducible path
+        model = instantiate(cfg.model, n_speakers=len(speakers))
+    segment = segment_frames_for(cfg.segment_seconds, mel_config.sample_rate, mel_config.hop_length,
+                                 model.frame_multiple)  # fmt: skip
+    task = GradTTSTask(model, instantiate(cfg.loss), segment_frames=segment)
+    log.info("Grad-TTS: %.2fM parameters, %d speaker(s), decoder crops of %s frames",
+             sum(p.numel() for p in model.parameters()) / 1e6, len(speakers), segment)  # fmt: skip
+    trainer = Trainer(
+        task,
+        training_set.dataset,
+        trainer_config(cfg.trainer),
+        run_dir,
+        collate_fn=collate_tts,
+        config_yaml=write_resolved_config(cfg, run_dir),
+        eval_fn=make_eval_fn(cfg, speakers, mel_config) if cfg.samples.texts else None,
+    )
+    summary = trainer.fit()
+    log.info(
+        "finished at step %s: %s", summary.get("step"), {k: v for k, v in summary.items() if "loss" in k}
+    )
+    return summary
+
+
+@hydra.main(config_path=str(CONFIG_ROOT / "tts"), config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""A disk cache of log-mels: each audio file's mel is computed once and read back at every later use.
+
+Training reads the same utterances thousands of times; recomputing their STFT every time wastes CPU that the
+data loader of a GPU run does not have. :class:`MelCache` stores each mel as an ``.npz`` (with the clip's length
+and levels, which the data checks need) under a folder named by a digest of the :class:`MelConfig`, so runs with
+the same features share entries and a changed setting never reads stale ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from robust_gen.speech.audio import load_audio, peak_db, rms_db
+from robust_gen.speech.mel import MelConfig, MelSpectrogram
+
+__all__ = ["MelCache", "MelEntry", "load_mel"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MelEntry:
+    """A cached log-mel ``[n_mels, frames]`` and facts about its audio."""
+
+    mel: np.ndarray
+    num_samples: int
+    peak_db: float
+    rms_db: float
+
+
+class MelCache:
+    """Log-mels computed once per audio file and stored as ``.npz`` under ``root/mel-<digest of MelConfig>/``.
+
+    An entry's name hashes the audio's absolute path, size and modification time, so an edited file gets a new
+    entry. Writes are atomic (temporary file + rename): concurrent runs may share a cache.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from robust_gen.speech.audio import save_audio
+    >>> folder = tempfile.mkdtemp()
+    >>> save_audio(f"{folder}/a.wav", 0.3 * torch.randn(22050), 22050)
+    >>> cache = MelCache(f"{folder}/cache", MelConfig())
+    >>> entry = cache.load_or_compute(f"{folder}/a.wav")
+    >>> entry.mel.shape, cache.entry_path(f"{folder}/a.wav").exists()
+    ((80, 86), True)
+    """
+
+    def __init__(self, root: str | os.PathLike, mel_config: MelConfig) -> None:
+        self.mel_config = mel_config
+        digest = hashlib.sha256(json.dumps(asdict(mel_config), sort_keys=True).encode()).hexdigest()[:12]
+        self.folder = Path(root) / f"mel-{digest}"
+        self._mel: MelSpectrogram | None = None
+
+    def entry_path(self, audio_path: str | os.PathLike) -> Path:
+        path = Path(audio_path).resolve()
+        stat = path.stat()
+        key = hashlib.sha256(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:24]
+        return self.folder / key[:2] / f"{key}.npz"
+
+    def load_or_compute(self, audio_path: str | os.PathLike) -> MelEntry:
+        """The cached entry of ``audio_path``, computing and storing it on a miss (audio errors propagate)."""
+        if not Path(audio_path).is_file():
+            raise FileNotFoundError(f"audio file {audio_path} does not exist")
+        entry_file = self.entry_path(audio_path)
+        if entry_file.is_file():
+            try:
+                with np.load(entry_file) as data:
+                    return MelEntry(
+                        data["mel"], int(data["num_samples"]), float(data["peak_db"]), float(data["rms_db"])
+                    )
+            except (OSError, ValueError, KeyError):
+                log.warning("mel cache entry %s is unreadable; recomputing it", entry_file)
+        if self._mel is None:
+            self._mel = MelSpectrogram(self.mel_config)
+        threads = torch.get_num_threads()
+        # One clip's STFT is too small to gain from threads; on a busy machine they cost 10-30x instead.
+        torch.set_num_threads(1)
+        try:
+            wav = load_audio(audio_path, self.mel_config.sample_rate)
+            with torch.no_grad():
+                mel = (
+                    self._mel(wav).numpy().astype(np.float32)
+                    if wav.numel() > self.mel_config.padding
+                    else None
+                )
+        finally:
+            torch.set_num_threads(threads)
+        if mel is None:
+            mel = np.zeros((self.mel_config.n_mels, 0), dtype=np.float32)
+        entry = MelEntry(mel, int(wav.numel()), peak_db(wav), rms_db(wav))
+        self._store(entry_file, entry)
+        return entry
+
+    @staticmethod
+    def _store(entry_file: Path, entry: MelEntry) -> None:
+        entry_file.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(prefix=".entry-", suffix=".npz", dir=entry_file.parent)
+        try:
+            with os.fdopen(handle, "wb") as file:
+                np.savez(
+                    file,
+                    mel=entry.mel,
+                    num_samples=entry.num_samples,
+                    peak_db=entry.peak_db,
+                    rms_db=entry.rms_db,
+                )
+            os.replace(tmp, entry_file)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def load_mel(mel_file: str | os.PathLike) -> torch.Tensor:
+    """The log-mel ``[n_mels, frames]`` stored in a :class:`MelCache` entry."""
+    with np.load(mel_file) as data:
+        return torch.from_numpy(np.array(data["mel"], dtype=np.float32))

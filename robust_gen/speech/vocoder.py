@@ -1,0 +1,241 @@
+"""Vocoders: log-mel ``[B, n_mels, T]`` -> waveform ``[B, T * hop]``.
+
+* :class:`SpeechBrainHifiGan`: a pretrained HiFi-GAN loaded through SpeechBrain's own loader,
+  ``speechbrain.inference.vocoders.HIFIGAN.from_hparams(source=...)``, where ``source`` is a hub id (e.g.
+  ``speechbrain/tts-hifigan-ljspeech``, needs the network) or a local folder holding ``hyperparams.yaml`` and
+  ``generator.ckpt`` (:func:`write_local_hifigan` writes one). HiFi-GAN and Grad-TTS share the mel definition of
+  :mod:`robust_gen.speech.mel`, so a HiFi-GAN trained on those features reads Grad-TTS's output directly.
+* :class:`GriffinLimVocoder`: no weights at all. It inverts the mel filterbank (least squares,
+  ``torchaudio.transforms.InverseMelScale`` with the same Slaney filterbank) and recovers a phase by Griffin-Lim
+  (``torchaudio.transforms.GriffinLim`` with the same STFT settings). Robotic but intelligible on real mels; the
+  offline default.
+
+:func:`build_vocoder` picks one from a config: HiFi-GAN when a source is given, Griffin-Lim otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robust_gen.speech.mel import MelConfig
+
+__all__ = ["GriffinLimVocoder", "SpeechBrainHifiGan", "build_vocoder", "write_local_hifigan"]
+
+#: Log-mel values above this are clipped before inversion: exp() of a diverged sample would overflow.
+MAX_LOG_MEL = 6.0
+
+
+def _fit_length(wav: torch.Tensor, frames: int, hop_length: int) -> torch.Tensor:
+    """Trim or zero-pad ``[B, samples]`` to exactly ``frames * hop_length`` samples."""
+    target = frames * hop_length
+    if wav.shape[-1] >= target:
+        return wav[..., :target]
+    return torch.nn.functional.pad(wav, (0, target - wav.shape[-1]))
+
+
+class GriffinLimVocoder:
+    """Mel inversion by least squares plus Griffin-Lim phase recovery, matching ``mel_config``.
+
+    Parameters
+    ----------
+    mel_config:
+        The features' parameters (:class:`~robust_gen.speech.mel.MelConfig`).
+    n_iter:
+        Griffin-Lim iterations (32 is torchaudio's default; more is cleaner and slower).
+    momentum:
+        Fast Griffin-Lim momentum (0.99).
+    seed:
+        Seed of the random initial phase (the result is deterministic).
+
+    Examples
+    --------
+    >>> from robust_gen.speech.mel import MelSpectrogram
+    >>> config = MelConfig()
+    >>> tone = 0.5 * torch.sin(2 * torch.pi * 440 * torch.arange(256 * 40) / 22050)
+    >>> wav = GriffinLimVocoder(config, n_iter=8)(MelSpectrogram(config)(tone)[None])
+    >>> wav.shape
+    torch.Size([1, 10240])
+    """
+
+    def __init__(
+        self, mel_config: MelConfig | None = None, n_iter: int = 32, momentum: float = 0.99, seed: int = 0
+    ):
+        import torchaudio.transforms
+
+        self.mel_config = config = mel_config or MelConfig()
+        if n_iter < 1:
+            raise ValueError(f"n_iter must be >= 1, got {n_iter}")
+        self.seed = seed
+        self.inverse_mel = torchaudio.transforms.InverseMelScale(
+            n_stft=config.n_fft // 2 + 1,
+            n_mels=config.n_mels,
+            sample_rate=config.sample_rate,
+            f_min=config.f_min,
+            f_max=config.f_max,
+            norm="slaney",
+            mel_scale="slaney",
+        )
+        # power=1: the mels are of STFT magnitudes (HiFi-GAN's features), not of power spectra.
+        self.griffin_lim = torchaudio.transforms.GriffinLim(
+            n_fft=config.n_fft,
+            win_length=config.win_length,
+            hop_length=config.hop_length,
+            power=1.0,
+            n_iter=n_iter,
+            momentum=momentum,
+        )
+
+    @property
+    def sample_rate(self) -> int:
+        return self.mel_config.sample_rate
+
+    @torch.no_grad()
+    def __call__(self, log_mel: torch.Tensor) -> torch.Tensor:
+        """Waveforms ``[B, T * hop]`` in [-1, 1] for log-mels ``[B, n_mels, T]``."""
+        _check_mel(log_mel, self.mel_config.n_mels)
+        magnitude_mel = log_mel.float().cpu().clamp(max=MAX_LOG_MEL).exp()
+        linear = self.inverse_mel(magnitude_mel)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            wav = self.griffin_lim(linear)
+        wav = _fit_length(wav, log_mel.shape[-1], self.mel_config.hop_length)
+        peak = wav.abs().amax(dim=-1, keepdim=True)
+        return wav / peak.clamp(min=1.0)  # only ever scale down, so nothing clips on write
+
+
+class SpeechBrainHifiGan:
+    """A SpeechBrain HiFi-GAN (``HIFIGAN.from_hparams``) as a vocoder.
+
+    Parameters
+    ----------
+    source:
+        Hub id (``speechbrain/tts-hifigan-ljspeech``) or a local folder with ``hyperparams.yaml`` and
+        ``generator.ckpt``. A local folder's ``hyperparams.yaml`` must point its pretrainer at that folder
+        (:func:`write_local_hifigan` does); the hub's points at the hub.
+    savedir:
+        Where SpeechBrain links or downloads the files (None: its default cache).
+    sample_rate, hop_length:
+        The vocoder's rate and hop (22050 and 256 for the LJSpeech / LibriTTS-22k models), used to trim the
+        output to ``frames * hop`` samples.
+    device:
+        Where to run it.
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike,
+        savedir: str | os.PathLike | None = None,
+        *,
+        sample_rate: int = 22050,
+        hop_length: int = 256,
+        device: str = "cpu",
+    ) -> None:
+        from speechbrain.inference.vocoders import HIFIGAN
+
+        source = str(source)
+        local = Path(source)
+        if (local.is_absolute() or source.startswith(".")) and not (local / "hyperparams.yaml").is_file():
+            raise FileNotFoundError(
+                f"vocoder folder {source} has no hyperparams.yaml; pass a SpeechBrain HiFi-GAN folder or hub id"
+            )
+        self.sample_rate, self.hop_length = sample_rate, hop_length
+        self.model = HIFIGAN.from_hparams(
+            source=source, savedir=None if savedir is None else str(savedir), run_opts={"device": device}
+        )
+
+    @torch.no_grad()
+    def __call__(self, log_mel: torch.Tensor) -> torch.Tensor:
+        """Waveforms ``[B, T * hop]`` for log-mels ``[B, n_mels, T]``."""
+        _check_mel(log_mel, None)
+        wav = self.model.decode_batch(log_mel.float()).squeeze(1).cpu()
+        return _fit_length(wav, log_mel.shape[-1], self.hop_length).clamp(-1.0, 1.0)
+
+
+def _check_mel(log_mel: torch.Tensor, n_mels: int | None) -> None:
+    if log_mel.dim() != 3 or (n_mels is not None and log_mel.shape[1] != n_mels):
+        raise ValueError(f"expected log-mels [B, {n_mels or 'n_mels'}, T], got shape {list(log_mel.shape)}")
+
+
+def write_local_hifigan(
+    directory: str | os.PathLike,
+    generator_kwargs: dict[str, Any],
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Save a HiFi-GAN generator in the folder layout ``HIFIGAN.from_hparams(source=directory)`` loads offline.
+
+    Writes ``hyperparams.yaml`` (a ``HifiganGenerator`` built from ``generator_kwargs``, a pretrainer whose
+    ``pretrained_path`` is this folder) and ``generator.ckpt`` (``state_dict``, or a freshly initialised
+    generator's weights). Returns the folder.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> kwargs = dict(in_channels=80, out_channels=1, resblock_type="1", resblock_dilation_sizes=[[1, 3, 5]],
+    ...               resblock_kernel_sizes=[3], upsample_kernel_sizes=[16, 16, 4, 4],
+    ...               upsample_initial_channel=16, upsample_factors=[8, 8, 2, 2])
+    >>> folder = write_local_hifigan(tempfile.mkdtemp(), kwargs)
+    >>> sorted(p.name for p in folder.iterdir())
+    ['generator.ckpt', 'hyperparams.yaml']
+    """
+    import yaml
+    from speechbrain.lobes.models.HifiGAN import HifiganGenerator
+
+    folder = Path(directory).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    if state_dict is None:
+        state_dict = HifiganGenerator(**generator_kwargs).state_dict()
+    torch.save(state_dict, folder / "generator.ckpt")
+    arguments = yaml.safe_dump(dict(generator_kwargs), default_flow_style=None, sort_keys=False)
+    body = "\n".join("  " + line for line in arguments.splitlines())  # indented under `generator:`
+    text = (
+        "# A local SpeechBrain HiFi-GAN written by robust_gen.speech.vocoder.write_local_hifigan.\n"
+        f"pretrained_path: {folder.as_posix()}\n"
+        "generator: !new:speechbrain.lobes.models.HifiGAN.HifiganGenerator\n"
+        f"{body}\n"
+        "modules:\n"
+        "  generator: !ref <generator>\n"
+        "pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer\n"
+        "  loadables:\n"
+        "    generator: !ref <generator>\n"
+        "  paths:\n"
+        "    generator: !ref <pretrained_path>/generator.ckpt\n"
+    )
+    (folder / "hyperparams.yaml").write_text(text, encoding="utf-8")
+    return folder
+
+
+def build_vocoder(
+    kind: str = "griffin_lim", *, mel_config: MelConfig | None = None, device: str = "cpu", **options: Any
+):
+    """A vocoder from config: ``kind="hifigan"`` (needs ``source``; optional ``savedir``) or ``"griffin_lim"``
+    (optional ``n_iter``, ``momentum``, ``seed``).
+
+    Examples
+    --------
+    >>> type(build_vocoder("griffin_lim", n_iter=4)).__name__
+    'GriffinLimVocoder'
+    """
+    mel_config = mel_config or MelConfig()
+    if kind == "hifigan":
+        if not options.get("source"):
+            raise ValueError(
+                "vocoder kind 'hifigan' needs vocoder.source (a SpeechBrain hub id or local folder)"
+            )
+        return SpeechBrainHifiGan(
+            options["source"],
+            options.get("savedir"),
+            sample_rate=mel_config.sample_rate,
+            hop_length=mel_config.hop_length,
+            device=device,
+        )
+    if kind == "griffin_lim":
+        allowed = {"n_iter", "momentum", "seed"}
+        unknown = sorted(set(options) - allowed - {"source", "savedir"})
+        if unknown:
+            raise ValueError(f"unknown Griffin-Lim option(s) {unknown}; known: {sorted(allowed)}")
+        return GriffinLimVocoder(mel_config, **{k: v for k, v in options.items() if k in allowed})
+    raise ValueError(f"unknown vocoder kind {kind!r}; choose 'hifigan' or 'griffin_lim'")
