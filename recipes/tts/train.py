@@ -36,7 +36,13 @@ from robust_gen.speech.mel import MelConfig
 from robust_gen.speech.synthesis import Synthesizer, write_samples
 from robust_gen.speech.task import GradTTSTask, segment_frames_for
 from robust_gen.speech.vocoder import build_vocoder
-from robust_gen.training.recipe import CONFIG_ROOT, register_resolvers, trainer_config, write_resolved_config
+from robust_gen.training.recipe import (
+    CONFIG_ROOT,
+    lock_run,
+    register_resolvers,
+    trainer_config,
+    write_resolved_config,
+)
 from robust_gen.training.trainer import Trainer
 
 register_resolvers()
@@ -96,6 +102,11 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Run the recipe with a composed config; ``run_dir`` defaults to Hydra's run folder. Returns the summary."""
     run_dir = Path(run_dir) if run_dir is not None else Path(HydraConfig.get().runtime.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with lock_run(run_dir):  # corpus, mel cache and manifest are written before the trainer starts
+        return _train(cfg, run_dir)
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     fill_corruption_speakers(cfg)
     mel_config = MelConfig(**OmegaConf.to_container(cfg.mel, resolve=True))
     training_set = build_training_set(

@@ -20,7 +20,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = ["RunDirLocked", "RunLock", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "write_json"]
 
@@ -86,24 +86,35 @@ class RunLock:
     A second training process pointed at the same directory fails fast with :class:`RunDirLocked` instead of
     interleaving checkpoints with the first.
 
+    Within one process the lock nests (a recipe may lock its run early and the trainer lock it again); another
+    process gets :class:`RunDirLocked` (tested in ``tests/test_trainer.py``).
+
     Examples
     --------
     >>> import tempfile
     >>> d = tempfile.mkdtemp()
     >>> with RunLock(d):
-    ...     try:
-    ...         RunLock(d).acquire()
-    ...     except RunDirLocked as e:
-    ...         print("refused")
-    refused
+    ...     with RunLock(d):
+    ...         print("nested")
+    nested
     """
+
+    #: Locks this process holds, by resolved run directory: acquiring a held one again nests instead of failing,
+    #: so a recipe can lock its run before its first stage and the trainer reuses that lock.
+    _held: ClassVar[dict[Path, list]] = {}
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self.run_dir = Path(run_dir)
         self._fd: int | None = None
+        self._nested = False
 
     def acquire(self) -> RunLock:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        key = self.run_dir.resolve()
+        if key in RunLock._held:
+            RunLock._held[key][1] += 1
+            self._nested = True
+            return self
         fd = os.open(self.run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -117,9 +128,19 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
+        RunLock._held[key] = [self, 1]
         return self
 
     def release(self) -> None:
+        key = self.run_dir.resolve()
+        if key in RunLock._held:
+            RunLock._held[key][1] -= 1
+            if RunLock._held[key][1] > 0:
+                return
+            owner = RunLock._held.pop(key)[0]
+            if owner is not self:
+                owner.release()
+                return
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)

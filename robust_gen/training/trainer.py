@@ -169,7 +169,9 @@ class Trainer:
             num_workers=cfg.num_workers,
             pin_memory=self.accelerator.device.type == "cuda",
             drop_last=len(self.dataset) >= cfg.batch_size,
-            persistent_workers=cfg.num_workers > 0,
+            # Not persistent: workers hold copies of the dataset, and what set_epoch changes (corruption re-drawn
+            # each epoch, augmentation) must reach them; fresh workers each epoch copy the updated dataset.
+            persistent_workers=False,
         )
         params = [p for p in self.task.parameters() if p.requires_grad]
         if not params:

@@ -1,0 +1,254 @@
+"""Build the image recipe's objects from its Hydra config: data, autoencoder stage, latent cache, training set,
+task module and sampler hook for training (:func:`prepare_training`), and the trained model back from a run
+directory for sampling (:func:`load_run`).
+
+What sampling needs besides the config (classes, prompts, latent shape, scaling factor, default control
+values) is written once to ``<run_dir>/image_meta.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from robust_gen.conditioning import ConditionalEmbeddingPerturbation
+from robust_gen.diffusion.objective import DiffusionObjective
+from robust_gen.image.autoencoder import ImageAutoencoder, build_autoencoder, load_pretrained
+from robust_gen.image.conditioners import build_conditioner
+from robust_gen.image.data import CONTROL_NAMES, Augmentation, LatentImageDataset
+from robust_gen.image.denoiser import build_denoiser, count_parameters
+from robust_gen.image.latents import load_or_encode
+from robust_gen.image.sampling import make_eval_fn
+from robust_gen.image.sources import (
+    ImageSource,
+    load_digits_source,
+    load_folder_source,
+    load_hf_source,
+    load_table_source,
+)
+from robust_gen.image.task import ImageDiffusionTask
+from robust_gen.training.checkpoint import resolve_checkpoint
+from robust_gen.training.recipe import load_run_config, write_resolved_config
+from robust_gen.training.run_dir import write_json
+
+__all__ = ["META_NAME", "ImageTraining", "build_source", "build_task", "fill_from_data", "load_run", "prepare_training"]
+
+log = logging.getLogger(__name__)
+
+META_NAME = "image_meta.json"
+_COMMON = ("resolution", "crop_margin", "interpolation", "limit")
+_SOURCE_ARGS = {
+    "digits": ("caption_seed",),
+    "folder": ("root", "channels", "caption_template"),
+    "table": ("table", "image_column", "caption_column", "label_column", "image_root", "channels"),
+    "hf": ("name", "split", "image_column", "label_column", "caption_column", "caption_template", "config_name",
+           "revision", "data_dir", "channels"),
+}
+_LOADERS = {"digits": load_digits_source, "folder": load_folder_source, "table": load_table_source,
+            "hf": load_hf_source}
+
+
+def _plain(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+def build_source(data_cfg: dict | DictConfig) -> ImageSource:
+    """Load the data of the ``data`` config group (``source: digits | folder | table | hf``).
+
+    Examples
+    --------
+    >>> build_source({"source": "digits", "resolution": 16, "limit": 4}).images.shape
+    (4, 16, 16, 1)
+    """
+    cfg = _plain(data_cfg)
+    kind = cfg.get("source")
+    if kind not in _LOADERS:
+        raise ValueError(f"data.source must be one of {sorted(_LOADERS)}, got {kind!r}")
+    kwargs = {k: cfg[k] for k in (*_COMMON, *_SOURCE_ARGS[kind]) if k in cfg}
+    return _LOADERS[kind](**kwargs)
+
+
+def fill_from_data(cfg: DictConfig, source: ImageSource) -> None:
+    """Fill the corruption settings that come from the data (``num_classes``; ``concept`` defaults to class 0)."""
+    corruption = cfg.corruption
+    keys = set(corruption.keys())  # (`in` on a DictConfig is False for a missing "???" value)
+    with open_dict(cfg):
+        if "num_classes" in keys and OmegaConf.is_missing(corruption, "num_classes"):
+            corruption.num_classes = source.num_classes
+        if "concept" in keys and OmegaConf.is_missing(corruption, "concept"):
+            if not source.num_classes:
+                raise ValueError("corruption=outliers needs labelled data (a concept is a class)")
+            corruption.concept = 0
+            log.info("corruption.concept not set: using class 0 (%s)", source.class_names[0])
+    target = str(corruption.get("_target_", ""))
+    if target.endswith("LabelFlip") and source.num_classes < 2:
+        raise ValueError(f"corruption=label_flip needs labelled data with >= 2 classes; {source.name} has none")
+
+
+def build_task(cfg: DictConfig, meta: dict) -> ImageDiffusionTask:
+    """Conditioner, denoiser and objective of ``cfg`` for data described by ``meta`` (see :func:`prepare_training`)."""
+    schedule = instantiate(cfg.schedule)
+    objective = DiffusionObjective(schedule, instantiate(cfg.loss), prediction=cfg.prediction)
+    context_dim = int(cfg.model.cross_attention_dim)
+    condition_cfg, control_cfg = _plain(cfg.condition), _plain(cfg.control)
+    conditioner = build_conditioner(condition_cfg, num_classes=int(meta["num_classes"]), dim=context_dim)
+    channels, size, _ = meta["latent_shape"]
+    denoiser = build_denoiser(
+        _plain(cfg.model), routing=control_cfg.get("mode", "none"), control_cfg=control_cfg, schedule=schedule,
+        in_channels=channels, sample_size=size, context_dim=context_dim, control_names=CONTROL_NAMES,
+    )
+    cep_cfg = _plain(cfg.cep)
+    cep = None
+    if cep_cfg.get("kind", "none") != "none":
+        cep = ConditionalEmbeddingPerturbation(
+            gamma=float(cep_cfg.get("gamma", 1.0)), kind=cep_cfg["kind"], perturb_null=bool(cep_cfg.get("perturb_null"))
+        )
+    return ImageDiffusionTask(
+        denoiser, conditioner, objective, scaling_factor=float(meta["scaling_factor"]),
+        p_semantic=float(cfg.condition_dropout.semantic), p_control=float(cfg.condition_dropout.control),
+        cep=cep, sample_posterior=bool(cfg.latents.sample_posterior),
+    )
+
+
+@dataclass
+class ImageTraining:
+    """Everything the trainer needs, plus what was built on the way."""
+
+    task: ImageDiffusionTask
+    dataset: LatentImageDataset
+    eval_fn: Any
+    autoencoder: ImageAutoencoder
+    source: ImageSource
+    meta: dict
+    config_yaml: str
+
+
+def _meta(cfg: DictConfig, source: ImageSource, autoencoder: ImageAutoencoder, scaling_factor: float,
+          augmentation: Augmentation) -> dict:
+    size = int(cfg.data.resolution) // autoencoder.factor
+    top, left, flip = augmentation.center()
+    sizes = [(r["orig_height"], r["orig_width"]) for r in source.records]
+    orig = max(set(sizes), key=sizes.count)
+    return {
+        "num_classes": source.num_classes,
+        "class_names": source.class_names,
+        "class_prompts": source.class_prompts,
+        "captions": source.captions[:1000],
+        "latent_shape": [autoencoder.latent_channels, size, size],
+        "factor": autoencoder.factor,
+        "resolution": int(cfg.data.resolution),
+        "data_channels": source.channels,
+        "scaling_factor": scaling_factor,
+        "control_names": list(CONTROL_NAMES),
+        "sample_control": [top, left, orig[0], orig[1], float(flip)],
+        "source": source.name,
+    }
+
+
+def prepare_training(cfg: DictConfig, run_dir: str | Path) -> ImageTraining:
+    """Data, first stage, latent cache, training set, task and sampling hook for a run in ``run_dir``.
+
+    Writes ``config.yaml`` (resolved, with the data-derived corruption settings filled in), the corruption
+    manifest, ``image_meta.json``, the trained autoencoder and the latent cache. Re-running reuses the last two.
+    """
+    from accelerate import PartialState
+
+    run_dir = Path(run_dir)
+    state = PartialState(cpu=bool(cfg.trainer.cpu))
+    if state.device.type == "cpu" and cfg.get("cpu_threads"):
+        torch.set_num_threads(int(cfg.cpu_threads))
+    seed = int(cfg.trainer.seed)
+    source = build_source(cfg.data)
+    fill_from_data(cfg, source)
+    config_yaml = write_resolved_config(cfg, run_dir) if state.is_main_process else OmegaConf.to_yaml(cfg, resolve=True)
+    ae_cfg = _plain(cfg.autoencoder)
+    with state.main_process_first():
+        autoencoder = build_autoencoder(ae_cfg, run_dir=run_dir, images=source.images, seed=seed,
+                                        device=state.device, progress=bool(cfg.trainer.progress))
+        augmentation = Augmentation(int(cfg.data.resolution), int(cfg.data.crop_margin), autoencoder.factor,
+                                    bool(cfg.data.flip), seed)
+        cache_dir = cfg.latents.cache_dir or run_dir / "latents"
+        table = load_or_encode(autoencoder, source.images, cache_dir, flips=augmentation.flip,
+                               scaling_factor=ae_cfg.get("scaling_factor", "data"),
+                               batch_size=int(cfg.latents.encode_batch_size))
+    _record_scaling_factor(autoencoder, table.scaling_factor, ae_cfg, run_dir, state.is_main_process)
+    meta = _meta(cfg, source, autoencoder, table.scaling_factor, augmentation)
+    if state.is_main_process:
+        write_json(run_dir / META_NAME, meta)
+    if cfg.control.mode != "none" and augmentation.positions == 1 and not augmentation.flip:
+        log.warning("control.mode=%s but every crop is the same (data.crop_margin=0, data.flip=false): the control "
+                    "metadata is constant; set e.g. data.crop_margin=8 data.flip=true", cfg.control.mode)
+    corruption = instantiate(cfg.corruption)
+    concept = cfg.corruption.get("concept") if "concept" in cfg.corruption else None
+    apply_kwargs = {}
+    if cfg.corruption.get("selection") == "least_similar":
+        # "Least similar" by the images themselves (the paper uses CLIP image embeddings, not available offline).
+        apply_kwargs["embeddings"] = source.images.reshape(len(source.images), -1)[[r["source"] for r in source.records]]
+    dataset = LatentImageDataset(
+        source.records, table, augmentation, corruption=corruption, run_dir=run_dir, concept=concept,
+        apply_kwargs=apply_kwargs, write_manifests=state.is_main_process,
+    )
+    torch.manual_seed(seed)  # the same initial weights on every process and every fresh start
+    task = build_task(cfg, meta)
+    log.info("denoiser: %.2fM parameters (%s, %s); %d training examples", count_parameters(task.denoiser) / 1e6,
+             cfg.model.arch, cfg.control.mode, len(dataset))
+    eval_fn = make_eval_fn(autoencoder, meta, _plain(cfg.samples), _plain(cfg.sampler))
+    return ImageTraining(task, dataset, eval_fn, autoencoder, source, meta, config_yaml)
+
+
+def _record_scaling_factor(autoencoder: ImageAutoencoder, scale: float, ae_cfg: dict, run_dir: Path, main: bool) -> None:
+    """Store the latent scaling factor in the autoencoder's config, as diffusers does (and on disk when we own it)."""
+    if autoencoder.model is None:
+        return
+    autoencoder.model.register_to_config(scaling_factor=scale)
+    folder = run_dir / ae_cfg.get("dir_name", "autoencoder")
+    if main and ae_cfg.get("mode") == "trained" and folder.is_dir():
+        autoencoder.model.save_config(str(folder))
+
+
+def _load_autoencoder(cfg: DictConfig, run_dir: Path, data_channels: int) -> ImageAutoencoder:
+    ae_cfg = _plain(cfg.autoencoder)
+    mode, kind = ae_cfg.get("mode"), ae_cfg.get("kind", "kl")
+    if mode == "none":
+        return ImageAutoencoder(None, "none", data_channels)
+    if mode == "pretrained":
+        return ImageAutoencoder(load_pretrained(ae_cfg["path"], kind, ae_cfg.get("subfolder"), ae_cfg.get("revision")),
+                                kind, data_channels)
+    folder = run_dir / ae_cfg.get("dir_name", "autoencoder")
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"the run's trained autoencoder {folder} is missing; train the run first")
+    return ImageAutoencoder(load_pretrained(str(folder), kind), kind, data_channels)
+
+
+def load_run(
+    run_dir: str | Path, *, checkpoint: int | str = "latest", weights: str = "ema", device: str | torch.device = "cpu"
+) -> tuple[ImageDiffusionTask, ImageAutoencoder, dict, DictConfig]:
+    """Rebuild a trained run's task module (EMA or raw weights), autoencoder, metadata and config.
+
+    ``checkpoint`` is ``"latest"`` (the newest valid checkpoint) or a step number.
+    """
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", META_NAME):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir / name} is missing: is {run_dir} an image-recipe run directory?")
+    cfg = load_run_config(run_dir)  # data, not code: every _target_ is checked
+    meta = json.loads((run_dir / META_NAME).read_text())
+    if weights not in ("ema", "model"):
+        raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
+    ckpt = resolve_checkpoint(run_dir, step=checkpoint)
+    state, step = ckpt.tensors[weights], ckpt.step
+    if weights == "ema":  # AveragedModel's state: "module." prefixes and a step counter
+        state = {k.removeprefix("module."): v for k, v in state.items() if k != "n_averaged"}
+    task = build_task(cfg, meta)
+    task.load_state_dict(state)
+    task.to(device).eval()
+    autoencoder = _load_autoencoder(cfg, run_dir, int(meta["data_channels"])).to(device)
+    log.info("loaded %s weights of step %d from %s", weights, step, run_dir)
+    return task, autoencoder, {**meta, "step": step}, cfg

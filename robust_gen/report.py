@@ -1,0 +1,582 @@
+"""Experiment reports: read run directories into flat records, aggregate over seeds, write Markdown / CSV / PNG.
+
+The pipeline is made of pure functions on plain dicts so that it can be tested on synthetic run folders:
+
+1. :func:`read_run` turns one run directory (``config.yaml`` + ``summary.json`` + ``eval/metrics.json`` +
+   ``corruption_manifest.json`` + speaker-similarity output) into one flat record. Config keys keep their dotted
+   names (``corruption.ratio``, ``loss.schedule``, ``cep.kind``, ``trainer.seed``); results live under reserved
+   prefixes: ``train.*`` (summary.json), ``eval.<tag>.*`` (image evaluation; ``eval.best.*`` is the tag of lowest
+   FID, Chen et al. 2024 report the best guidance scale of a sweep), ``manifest.*`` and ``speaker_sim.*``.
+   ``loss.method`` names the loss for legends (``l2``, ``pseudo_huber:snr``).
+2. :func:`read_run_series` gives the per-step rows of a run (speaker similarity over training iterations,
+   Khrapov et al. 2024 Figure 3).
+3. :func:`aggregate` groups records by method keys and takes mean / sample std / n over seeds, refusing to
+   silently average runs whose other settings differ.
+4. :func:`write_markdown`, :func:`write_csv`, :func:`plot_metric` write the tables and the papers' plots
+   (a metric against the corruption ratio, one line per method; similarity against the iteration).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "RESULT_PREFIXES",
+    "SEED_KEYS",
+    "STUDIES",
+    "StudySpec",
+    "aggregate",
+    "collect_runs",
+    "collect_series",
+    "find_run_dirs",
+    "flatten",
+    "format_value",
+    "loss_method",
+    "plot_metric",
+    "read_run",
+    "read_run_series",
+    "varying_keys",
+    "write_csv",
+    "write_markdown",
+    "write_study_report",
+]
+
+#: Prefixes of result keys in a record; everything else (but ``run_dir``) is a config key.
+RESULT_PREFIXES = ("train.", "eval.", "manifest.", "speaker_sim.")
+#: Config keys that tell seeds apart: runs differing only in these are repetitions of one setting.
+SEED_KEYS = ("trainer.seed", "corruption.seed", "seed")
+#: Config keys that never tell settings apart (bookkeeping that may differ between repetitions).
+BOOKKEEPING_KEYS = ("trainer.progress", "trainer.tensorboard", "latents.cache_dir", "data.cache_dir", "run_dir")
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts into one dict with dotted keys; lists become JSON text (one cell in a table).
+
+    Examples
+    --------
+    >>> flatten({"loss": {"schedule": "snr", "c_min": 0.1}, "betas": [0.9, 0.99]})
+    {'loss.schedule': 'snr', 'loss.c_min': 0.1, 'betas': '[0.9, 0.99]'}
+    >>> flatten(3, "x")
+    {'x': 3}
+    """
+    if isinstance(obj, Mapping):
+        out: dict[str, Any] = {}
+        for key, value in obj.items():
+            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(obj, (list, tuple)):
+        return {prefix: json.dumps(list(obj))}
+    return {prefix: obj}
+
+
+def loss_method(record: Mapping[str, Any]) -> str:
+    """A short name of the training loss of a record, for table rows and plot legends.
+
+    Examples
+    --------
+    >>> loss_method({"loss._target_": "robust_gen.diffusion.losses.L2Loss"})
+    'l2'
+    >>> loss_method({"loss._target_": "robust_gen.diffusion.losses.PseudoHuberLoss", "loss.schedule": "snr"})
+    'pseudo_huber:snr'
+    >>> loss_method({})
+    'unknown'
+    """
+    target = str(record.get("loss._target_", ""))
+    name = target.rsplit(".", 1)[-1]
+    if name == "PseudoHuberLoss":
+        return f"pseudo_huber:{record.get('loss.schedule', '?')}"
+    if name.endswith("Loss"):
+        return name[: -len("Loss")].lower()
+    return name.lower() or "unknown"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); re-run the step that writes it") from None
+
+
+def _speaker_sim_file(run_dir: Path) -> Path | None:
+    for candidate in (run_dir / "speaker_sim" / "speaker_similarity.json", run_dir / "speaker_similarity.json"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_run(run_dir: str | Path) -> dict[str, Any]:
+    """One flat record of a run directory: its resolved config and every result file it holds.
+
+    Raises ``FileNotFoundError`` when ``run_dir/config.yaml`` is missing (not a run directory).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> run = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (run / "config.yaml").write_text("corruption:\\n  ratio: 0.05\\ntrainer:\\n  seed: 1\\n")
+    >>> _ = (run / "summary.json").write_text('{"step": 10, "loss": 0.5}')
+    >>> record = read_run(run)
+    >>> record["corruption.ratio"], record["trainer.seed"], record["train.loss"]
+    (0.05, 1, 0.5)
+    """
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} is missing: {run_dir} is not a run directory of a recipe")
+    try:
+        config = yaml.safe_load(config_path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{config_path}: not valid YAML ({error})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path}: expected a mapping at the top level, got {type(config).__name__}")
+    record = flatten(config)
+    clashes = sorted(k for k in record if k.startswith(RESULT_PREFIXES) or k == "run_dir")
+    if clashes:
+        raise ValueError(f"{config_path}: config keys {clashes} clash with the report's result prefixes")
+    record["run_dir"] = str(run_dir)
+    record["loss.method"] = loss_method(record)
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        record.update(flatten(_read_json(summary), "train"))
+    manifest = run_dir / "corruption_manifest.json"
+    if manifest.is_file():
+        data = _read_json(manifest)
+        record.update(
+            {f"manifest.{k}": data.get(k) for k in ("kind", "ratio", "num_samples", "changes") if k in data}
+        )
+    metrics = run_dir / "eval" / "metrics.json"
+    if metrics.is_file():
+        tags = _read_json(metrics).get("tags", {})
+        for tag, entry in tags.items():
+            record.update(flatten(entry, f"eval.{tag}"))
+        scored = [t for t, e in tags.items() if isinstance(e.get("fid"), (int, float))]
+        if scored:
+            best = min(scored, key=lambda t: tags[t]["fid"])
+            record.update(flatten(tags[best], "eval.best"))
+            record["eval.best.tag"] = best
+    similarity = _speaker_sim_file(run_dir)
+    if similarity is not None:
+        data = _read_json(similarity)
+        if data.get("overall"):
+            record.update(flatten(data["overall"], "speaker_sim"))
+    return record
+
+
+def read_run_series(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Per-step rows of a run (speaker similarity per training step), each carrying the run's config keys.
+
+    Rows come from the speaker-similarity ``per_step`` table (tools/speaker_sim.py) restricted to this run's
+    label (the run folder's name), with keys ``step`` and ``speaker_sim.<stat>``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, json
+    >>> run = pathlib.Path(tempfile.mkdtemp()) / "l2"
+    >>> (run / "speaker_sim").mkdir(parents=True)
+    >>> _ = (run / "config.yaml").write_text("trainer:\\n  seed: 0\\n")
+    >>> rows = [{"run": "l2", "step": 100, "mean": 0.5, "below": {"0.25": 1}}]
+    >>> _ = (run / "speaker_sim" / "speaker_similarity.json").write_text(json.dumps({"per_step": rows}))
+    >>> [(r["step"], r["speaker_sim.mean"], r["speaker_sim.below.0.25"]) for r in read_run_series(run)]
+    [(100, 0.5, 1)]
+    """
+    run_dir = Path(run_dir)
+    base = {k: v for k, v in read_run(run_dir).items() if not k.startswith(RESULT_PREFIXES)}
+    similarity = _speaker_sim_file(run_dir)
+    if similarity is None:
+        return []
+    rows = [r for r in _read_json(similarity).get("per_step", []) if r.get("step") is not None]
+    labels = {r.get("run") for r in rows}
+    if len(labels) > 1:  # one file for several runs: keep this run's rows
+        rows = [r for r in rows if r.get("run") == run_dir.name]
+    out = []
+    for row in rows:
+        stats = {k: v for k, v in row.items() if k not in ("run", "step")}
+        out.append({**base, "step": int(row["step"]), **flatten(stats, "speaker_sim")})
+    return sorted(out, key=lambda r: r["step"])
+
+
+def find_run_dirs(roots: Iterable[str | Path]) -> list[Path]:
+    """Every run directory (a folder with ``config.yaml``) under ``roots``, sorted; checkpoints are skipped.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> for name in ("a", "b/c", "a/checkpoints/step_1"):
+    ...     (root / name).mkdir(parents=True, exist_ok=True)
+    ...     _ = (root / name / "config.yaml").write_text("x: 1\\n")
+    >>> [p.relative_to(root).as_posix() for p in find_run_dirs([root])]
+    ['a', 'b/c']
+    >>> find_run_dirs([root / "missing"])
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: run root ... does not exist
+    """
+    found: set[Path] = set()
+    for root in roots:
+        root = Path(root)
+        if not root.exists():
+            raise FileNotFoundError(f"run root {root} does not exist; pass a run directory or a sweep folder")
+        for config in root.rglob("config.yaml"):
+            run = config.parent
+            if "checkpoints" in run.relative_to(root).parts or run.name in (".hydra", "eval", "samples"):
+                continue
+            found.add(run)
+        if (root / "config.yaml").is_file():
+            found.add(root)
+    return sorted(found)
+
+
+def collect_runs(roots: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """Records of every run directory under ``roots`` (see :func:`read_run`)."""
+    runs = find_run_dirs(roots)
+    if not runs:
+        raise FileNotFoundError(f"no run directories (with config.yaml) under {[str(r) for r in roots]}")
+    return [read_run(run) for run in runs]
+
+
+def collect_series(roots: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """Per-step rows of every run under ``roots`` (see :func:`read_run_series`)."""
+    return [row for run in find_run_dirs(roots) for row in read_run_series(run)]
+
+
+def varying_keys(records: Sequence[Mapping[str, Any]], *, ignore: Iterable[str] = ()) -> list[str]:
+    """Config keys whose value differs between records (results, seeds and bookkeeping excluded).
+
+    Examples
+    --------
+    >>> varying_keys([{"a": 1, "b": 2, "trainer.seed": 0}, {"a": 1, "b": 3, "trainer.seed": 1}])
+    ['b']
+    """
+    skip = set(SEED_KEYS) | set(BOOKKEEPING_KEYS) | set(ignore)
+    keys = sorted({k for r in records for k in r if not k.startswith(RESULT_PREFIXES) and k not in skip})
+    return [k for k in keys if len({json.dumps(r.get(k), default=str) for r in records}) > 1]
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return None if math.isnan(value) else float(value)
+
+
+def aggregate(
+    records: Sequence[Mapping[str, Any]],
+    by: Sequence[str],
+    metrics: Sequence[str],
+    *,
+    seed_keys: Sequence[str] = SEED_KEYS,
+    strict: bool = True,
+) -> list[dict[str, Any]]:
+    """Group records by the ``by`` keys and take mean, sample std (ddof 1) and n of each metric over seeds.
+
+    A missing or non-numeric metric is left out of its group's n (mean is NaN when no run has it). With
+    ``strict`` a group whose runs differ in any other config key raises ``ValueError``: averaging them would mix
+    different settings (add the key to ``by`` or filter the records). Rows come sorted by the ``by`` values.
+
+    Examples
+    --------
+    >>> records = [{"cep.kind": "none", "trainer.seed": s, "eval.fid": f} for s, f in ((0, 10.0), (1, 12.0))]
+    >>> records.append({"cep.kind": "uniform", "trainer.seed": 0, "eval.fid": 9.0})
+    >>> rows = aggregate(records, ["cep.kind"], ["eval.fid"])
+    >>> [(r["cep.kind"], r["eval.fid.mean"], round(r["eval.fid.std"], 3), r["eval.fid.n"]) for r in rows]
+    [('none', 11.0, 1.414, 2), ('uniform', 9.0, nan, 1)]
+    >>> aggregate([{"a": 1, "b": 1}, {"a": 1, "b": 2}], ["a"], [])
+    Traceback (most recent call last):
+    ...
+    ValueError: runs grouped under {'a': 1} differ in ['b'] (not a seed key): add them to `by` or filter ...
+    """
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for record in records:
+        key = json.dumps([record.get(k) for k in by], default=str)
+        groups.setdefault(key, []).append(record)
+    rows = []
+    for members in groups.values():
+        if strict and len(members) > 1:
+            differ = varying_keys(members, ignore=[*by, *seed_keys, *metrics, "loss.method"])
+            if differ:
+                where = {k: members[0].get(k) for k in by}
+                raise ValueError(
+                    f"runs grouped under {where} differ in {differ} (not a seed key): add them to `by` or filter "
+                    f"the records; runs: {[m.get('run_dir') for m in members]}"
+                )
+        row: dict[str, Any] = {k: members[0].get(k) for k in by}
+        row["runs"] = len(members)
+        for metric in metrics:
+            values = [v for v in (_number(m.get(metric)) for m in members) if v is not None]
+            row[f"{metric}.mean"] = statistics.fmean(values) if values else math.nan
+            row[f"{metric}.std"] = statistics.stdev(values) if len(values) > 1 else math.nan
+            row[f"{metric}.n"] = len(values)
+        rows.append(row)
+    return sorted(rows, key=lambda r: [_sort_key(r[k]) for k in by])
+
+
+def _sort_key(value: Any) -> tuple:
+    number = _number(value)
+    return (0, number, "") if number is not None else (1, 0.0, str(value))
+
+
+def format_value(value: Any, digits: int = 4) -> str:
+    """A table cell: numbers with ``digits`` significant digits, NaN / None as an en dash.
+
+    Examples
+    --------
+    >>> format_value(0.123456), format_value(float("nan")), format_value(None), format_value("snr")
+    ('0.1235', '–', '–', 'snr')
+    """
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.{digits}g}"
+    return str(value)
+
+
+def _mean_spread(row: Mapping[str, Any], metric: str) -> str:
+    mean, std, n = row.get(f"{metric}.mean"), row.get(f"{metric}.std"), row.get(f"{metric}.n", 0)
+    if not n:
+        return "–"
+    if std is None or math.isnan(std):
+        return f"{format_value(mean)} (n={n})"
+    return f"{format_value(mean)} ± {format_value(std, 2)} (n={n})"
+
+
+def write_markdown(
+    rows: Sequence[Mapping[str, Any]],
+    by: Sequence[str],
+    metrics: Sequence[str],
+    path: str | Path,
+    *,
+    title: str = "",
+    notes: str = "",
+) -> Path:
+    """A Markdown table of aggregated rows: one column per ``by`` key, ``mean ± std (n=seeds)`` per metric.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> rows = [{"cep.kind": "none", "runs": 2, "eval.fid.mean": 11.0, "eval.fid.std": 1.4, "eval.fid.n": 2}]
+    >>> p = write_markdown(rows, ["cep.kind"], ["eval.fid"], pathlib.Path(tempfile.mkdtemp()) / "t.md")
+    >>> print(p.read_text().splitlines()[2])
+    | none | 2 | 11 ± 1.4 (n=2) |
+    """
+    lines = [f"## {title}", ""] if title else []
+    if notes:
+        lines += [notes, ""]
+    header = [*by, "runs", *metrics]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    for row in rows:
+        cells = [format_value(row.get(k)) for k in by] + [str(row.get("runs", ""))]
+        cells += [_mean_spread(row, m) for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path, columns: Sequence[str] | None = None) -> Path:
+    """Rows as CSV (columns: ``columns`` or every key in first-seen order; missing cells empty).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = write_csv([{"a": 1, "b": 0.5}, {"a": 2}], pathlib.Path(tempfile.mkdtemp()) / "t.csv")
+    >>> p.read_text().splitlines()
+    ['a,b', '1,0.5', '2,']
+    """
+    if columns is None:
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(buffer.getvalue())
+    return path
+
+
+def plot_metric(
+    rows: Sequence[Mapping[str, Any]],
+    x: str,
+    metric: str,
+    path: str | Path,
+    *,
+    hue: Sequence[str] = (),
+    title: str = "",
+    xlabel: str | None = None,
+    ylabel: str | None = None,
+    x_scale: float = 1.0,
+) -> Path:
+    """The papers' plot form: ``metric`` (mean, with a ±std band where n > 1) against ``x``, one line per
+    combination of the ``hue`` keys. ``x_scale`` multiplies x (100 shows ratios in percent).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> rows = [{"r": r, "m": m, "f.mean": r + i, "f.std": 0.1, "f.n": 2} for i, m in enumerate("ab") for r in (0, 1)]
+    >>> plot_metric(rows, "r", "f", pathlib.Path(tempfile.mkdtemp()) / "f.png", hue=["m"]).stat().st_size > 0
+    True
+    """
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
+
+    lines: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        label = ", ".join(f"{row.get(k)}" for k in hue) or metric
+        lines.setdefault(label, []).append(row)
+    fig = Figure(figsize=(5.2, 3.6))
+    ax = fig.subplots()
+    for label, members in lines.items():
+        points = sorted(
+            (
+                (_number(r.get(x)), r.get(f"{metric}.mean"), r.get(f"{metric}.std"))
+                for r in members
+                if _number(r.get(x)) is not None and _number(r.get(f"{metric}.mean")) is not None
+            ),
+            key=lambda p: p[0],
+        )
+        if not points:
+            continue
+        xs = [p[0] * x_scale for p in points]
+        means = [p[1] for p in points]
+        stds = [0.0 if p[2] is None or math.isnan(p[2]) else p[2] for p in points]
+        ax.plot(xs, means, marker="o", label=label)
+        if any(stds):
+            ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], alpha=0.2)
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel(ylabel or metric)
+    if title:
+        ax.set_title(title, fontsize=10)
+    if len(lines) > 1:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """What a study's report shows.
+
+    ``by``: the method and setting keys a table row stands for (seeds are aggregated); ``x``: the plot's x axis
+    (one of ``by``); ``metrics``: result keys tabulated and plotted against ``x``; ``series_metrics``: per-step
+    keys plotted against the training step (:func:`read_run_series`); ``x_scale``: 100 shows ratios in percent.
+    """
+
+    title: str
+    by: tuple[str, ...]
+    x: str
+    metrics: tuple[str, ...]
+    series_metrics: tuple[str, ...] = ()
+    x_scale: float = 1.0
+    xlabel: str = ""
+    notes: str = ""
+    extra_by: tuple[str, ...] = field(default=())
+
+    @property
+    def hue(self) -> tuple[str, ...]:
+        return tuple(k for k in self.by if k != self.x)
+
+
+_FID = ("eval.best.fid", "eval.best.kid_mean", "eval.best.precision", "eval.best.recall")
+STUDIES: dict[str, StudySpec] = {
+    "slight_label": StudySpec(
+        "Slight corruption, class labels (Chen et al. 2024)",
+        by=("corruption.ratio", "cep.kind"), x="corruption.ratio", x_scale=100.0, xlabel="label flips eta (%)",
+        metrics=(*_FID, "eval.best.conditional_accuracy.accuracy", "eval.best.guidance_scale"),
+        notes="eval.best.*: the sample tag (guidance scale) of lowest FID per run, as the paper reports the best "
+        "guidance scale of a sweep. FID/KID on the domain classifier's features (offline), not Inception.",
+    ),
+    "slight_caption": StudySpec(
+        "Slight corruption, captions (Chen et al. 2024)",
+        by=("corruption.ratio", "cep.kind"), x="corruption.ratio", x_scale=100.0, xlabel="caption swaps eta (%)",
+        metrics=(*_FID, "eval.best.guidance_scale"),
+        notes="Text-conditional; eval.best.* as for the label study.",
+    ),
+    "huber_image": StudySpec(
+        "Scheduled pseudo-Huber, images: one concept with off-topic outliers (Khrapov et al. 2024)",
+        by=("corruption.ratio", "loss.method"), x="corruption.ratio", x_scale=100.0, xlabel="outliers (%)",
+        metrics=("eval.best.resilience.resilience", "eval.best.resilience.similarity_corrupted", "eval.best.fid"),
+        notes="resilience = similarity(samples, clean refs) - the clean-data run's similarity (closer to 0 is "
+        "better), domain-classifier feature cosine in place of CLIP / 1 - LPIPS.",
+    ),
+    "huber_speech": StudySpec(
+        "Scheduled pseudo-Huber, speech: target speaker contaminated by another (Khrapov et al. 2024)",
+        by=("corruption.ratio", "loss.method"), x="corruption.ratio", x_scale=100.0, xlabel="contamination (%)",
+        metrics=("speaker_sim.mean", "speaker_sim.std", "speaker_sim.count"),
+        series_metrics=("speaker_sim.mean",),
+        notes="Speaker similarity of the synthesized speech to the target's recordings at the last evaluated "
+        "step; series plot: similarity over training iterations. Threshold counts are in the CSV.",
+    ),
+    "conditioning": StudySpec(
+        "Entangled vs disentangled control metadata (Berrada et al. 2024)",
+        by=("control.mode",), x="control.mode",
+        metrics=("eval.centred.conditional_accuracy.accuracy", "eval.shifted.conditional_accuracy.accuracy",
+                 "eval.centred.fid", "eval.shifted.fid"),
+        notes="Samples with the centred crop condition (tag centred) and with a shifted crop (tag shifted): "
+        "a drop of conditional accuracy under the shifted crop means the crop condition changes the class.",
+    ),
+}  # fmt: skip
+
+
+def write_study_report(
+    records: Sequence[Mapping[str, Any]],
+    spec: StudySpec,
+    out_dir: str | Path,
+    *,
+    name: str = "report",
+    series: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Path]:
+    """Aggregate ``records`` (and per-step ``series`` rows) as ``spec`` says and write ``<name>.md``,
+    ``<name>.csv``, ``<name>_runs.csv`` (every run, unaggregated), ``<name>_<metric>.png`` per metric against
+    ``spec.x`` (when ``x`` is numeric) and ``<name>_series_<metric>.png`` / ``<name>_series.csv``.
+    Returns the written files by kind.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> spec = StudySpec("t", by=("r", "m"), x="r", metrics=("f",))
+    >>> recs = [{"r": r, "m": m, "trainer.seed": s, "f": r + s} for r in (0, 1) for m in "ab" for s in (0, 1)]
+    >>> files = write_study_report(recs, spec, pathlib.Path(tempfile.mkdtemp()))
+    >>> sorted(files)
+    ['csv', 'md', 'png:f', 'runs_csv']
+    """
+    out_dir = Path(out_dir)
+    by = (*spec.by, *spec.extra_by)
+    rows = aggregate(records, by, spec.metrics)
+    files = {
+        "md": write_markdown(rows, by, spec.metrics, out_dir / f"{name}.md", title=spec.title, notes=spec.notes),
+        "csv": write_csv(rows, out_dir / f"{name}.csv"),
+        "runs_csv": write_csv(records, out_dir / f"{name}_runs.csv"),
+    }
+    numeric_x = all(_number(r.get(spec.x)) is not None for r in rows)
+    hue = tuple(k for k in by if k != spec.x)
+    for metric in spec.metrics if numeric_x else ():
+        if any(r[f"{metric}.n"] for r in rows):
+            files[f"png:{metric}"] = plot_metric(
+                rows, spec.x, metric, out_dir / f"{name}_{metric}.png", hue=hue, title=spec.title,
+                xlabel=spec.xlabel or spec.x, x_scale=spec.x_scale,
+            )  # fmt: skip
+    if series and spec.series_metrics:
+        series_rows = aggregate(series, (*by, "step"), spec.series_metrics)
+        files["series_csv"] = write_csv(series_rows, out_dir / f"{name}_series.csv")
+        for metric in spec.series_metrics:
+            files[f"series_png:{metric}"] = plot_metric(
+                series_rows, "step", metric, out_dir / f"{name}_series_{metric}.png", hue=by,
+                title=spec.title, xlabel="training iteration",
+            )  # fmt: skip
+    return files

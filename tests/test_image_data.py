@@ -1,0 +1,156 @@
+"""Image data: sources (digits, folder, table, hf), bad input, augmentation, latent cache, training set."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from robust_gen.corruption import CaptionSwap, LabelFlip
+from robust_gen.image.autoencoder import ImageAutoencoder
+from robust_gen.image.build import build_source
+from robust_gen.image.data import CONTROL_NAMES, Augmentation, LatentImageDataset
+from robust_gen.image.latents import LatentTable, cache_key, load_or_encode
+from robust_gen.image.sources import DIGIT_WORDS, load_folder_source, load_hf_source, load_table_source
+
+
+def test_digits_source_is_real_labelled_and_captioned():
+    src = build_source({"source": "digits", "resolution": 32, "crop_margin": 8, "limit": 200})
+    assert src.images.shape == (200, 40, 40, 1) and src.images.dtype == np.uint8
+    assert src.num_classes == 10 and src.class_names[7] == "seven"
+    labels = [r["label"] for r in src.records]
+    assert sorted(set(labels)) == list(range(10))
+    # the first sklearn digit is a zero: bright ink in the middle ring, dark corners
+    assert src.images[0, 0, 0, 0] == 0 and src.images[0].max() > 200
+    captions = {r["caption"] for r in src.records if r["label"] == 7}
+    assert len(captions) >= 3 and all("seven" in c or "7" in c for c in captions)
+    assert all(r["orig_height"] == 8 and r["source"] == i for i, r in enumerate(src.records))
+    assert all(len(p) >= 3 for p in src.class_prompts) and DIGIT_WORDS[3] in src.class_prompts[3][0]
+
+
+def _write_folder(root, classes=("cat", "dog"), per_class=2):
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (20 + i, 12), (40 * i, 100, 200)).save(root / name / f"{i}.png")
+
+
+def test_folder_source_and_its_errors(tmp_path):
+    _write_folder(tmp_path / "ok")
+    src = load_folder_source(tmp_path / "ok", resolution=8, channels=3)
+    assert src.images.shape == (4, 8, 8, 3) and src.class_names == ["cat", "dog"]
+    assert [r["label"] for r in src.records] == [0, 0, 1, 1] and src.records[1]["orig_width"] == 21
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_folder_source(tmp_path / "missing")
+    _write_folder(tmp_path / "empty_class")
+    (tmp_path / "empty_class" / "bird").mkdir()
+    with pytest.raises(ValueError, match="bird has no images"):
+        load_folder_source(tmp_path / "empty_class")
+    _write_folder(tmp_path / "broken")
+    (tmp_path / "broken" / "dog" / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=r"bad\.png"):
+        load_folder_source(tmp_path / "broken")
+
+
+def test_table_source_csv_jsonl_and_its_errors(tmp_path):
+    Image.new("L", (10, 10), 128).save(tmp_path / "a.png")
+    Image.new("L", (10, 10), 255).save(tmp_path / "b.png")
+    (tmp_path / "t.csv").write_text("path,text,kind\na.png,a grey square,x\nb.png,a white square,y\n")
+    src = load_table_source(tmp_path / "t.csv", image_column="path", caption_column="text", label_column="kind",
+                            resolution=8, channels=1)
+    assert [r["caption"] for r in src.records] == ["a grey square", "a white square"]
+    assert src.class_names == ["x", "y"] and src.images.shape == (2, 8, 8, 1)
+    (tmp_path / "t.jsonl").write_text('{"image": "a.png", "caption": "grey"}\n{"image": "b.png", "caption": "white"}\n')
+    assert load_table_source(tmp_path / "t.jsonl", resolution=8).captions == ["grey", "white"]
+    with pytest.raises(ValueError, match=r"t\.csv has no column 'caption'.*columns: \['kind', 'path', 'text'\]"):
+        load_table_source(tmp_path / "t.csv", image_column="path")
+    (tmp_path / "empty.csv").write_text("image,caption\na.png,ok\nb.png,  \n")
+    with pytest.raises(ValueError, match=r"empty\.csv row 2: empty caption"):
+        load_table_source(tmp_path / "empty.csv", resolution=8)
+    (tmp_path / "missing.csv").write_text("image,caption\nnope.png,a caption\n")
+    with pytest.raises(FileNotFoundError, match=r"missing\.csv row 1: image file .*nope\.png does not exist"):
+        load_table_source(tmp_path / "missing.csv", resolution=8)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="datasets is installed")
+def test_hf_source_without_datasets_names_the_alternatives():
+    with pytest.raises(ImportError, match=r"pip install datasets.*data=digits"):
+        load_hf_source("imagenet-1k")
+
+
+def test_augmentation_is_a_function_of_seed_epoch_index():
+    aug = Augmentation(resolution=32, margin=8, factor=4, flip=True, seed=3)
+    draws = [aug.draw(0, i) for i in range(200)]
+    assert draws == [aug.draw(0, i) for i in range(200)]
+    assert draws != [aug.draw(1, i) for i in range(200)]
+    assert {d[0] for d in draws} == {0, 4, 8} and {d[2] for d in draws} == {False, True}
+    with pytest.raises(ValueError, match="multiple of the autoencoder's downsampling factor 4"):
+        Augmentation(resolution=32, margin=6, factor=4)
+
+
+def test_latent_cache_hits_and_keys(tmp_path):
+    ae = ImageAutoencoder(None, "none", 1)
+    images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 1), dtype=np.uint8)
+    first = load_or_encode(ae, images, tmp_path, flips=True)
+    files = list(tmp_path.glob("latents-*.safetensors"))
+    assert len(files) == 1 and first.mean.shape == (5, 2, 1, 8, 8)
+    assert torch.equal(first.mean[:, 1], first.mean[:, 0].flip(-1))  # the mirror images
+    stamp = files[0].stat().st_mtime_ns
+    again = load_or_encode(ae, images, tmp_path, flips=True)
+    assert torch.equal(again.mean, first.mean) and files[0].stat().st_mtime_ns == stamp
+    assert cache_key(ae, images, flips=False) != cache_key(ae, images, flips=True)
+    files[0].write_bytes(b"truncated")  # a cache cut short by a kill is rebuilt, not trusted
+    assert torch.equal(load_or_encode(ae, images, tmp_path, flips=True).mean, first.mean)
+
+
+def _records(n):
+    return [{"label": i % 4, "caption": f"caption {i % 4} {i}", "source": i, "orig_height": 8, "orig_width": 8}
+            for i in range(n)]
+
+
+def test_dataset_crops_latents_and_reports_control():
+    n = 6
+    mean = torch.arange(n * 2 * 10 * 10, dtype=torch.float32).reshape(n, 2, 1, 10, 10)
+    table = LatentTable(mean, torch.ones_like(mean), 1.0)
+    ds = LatentImageDataset(_records(n), table, Augmentation(resolution=32, margin=8, factor=4, flip=True, seed=0))
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        for i in range(n):
+            item = ds[i]
+            top, left, flip = (int(v) for v in item["control"][[0, 1, 4]])
+            expected = mean[i, flip, :, top // 4 : top // 4 + 8, left // 4 : left // 4 + 8]
+            assert torch.equal(item["latent_mean"], expected) and "latent_std" in item
+    assert len(CONTROL_NAMES) == item["control"].shape[0]
+
+
+def test_dataset_corruption_manifest_and_epoch_redraw(tmp_path):
+    table = LatentTable(torch.zeros(40, 1, 1, 4, 4), None, 1.0)
+    flip = LabelFlip(ratio=0.25, seed=0, num_classes=4, on_the_fly=True)
+    ds = LatentImageDataset(_records(40), table, Augmentation(resolution=4), corruption=flip, run_dir=tmp_path)
+    labels0 = [int(ds[i]["label"]) for i in range(40)]
+    assert sum(a != r["label"] for a, r in zip(labels0, _records(40))) == 10
+    assert (tmp_path / "corruption_manifest.json").is_file()
+    ds.set_epoch(1)
+    labels1 = [int(ds[i]["label"]) for i in range(40)]
+    assert labels1 != labels0 and (tmp_path / "corruption_manifest_epoch0001.json").is_file()
+    ds.set_epoch(0)
+    assert [int(ds[i]["label"]) for i in range(40)] == labels0
+    swapped = LatentImageDataset(_records(40), table, Augmentation(resolution=4), corruption=CaptionSwap(0.1, seed=1),
+                                 run_dir=tmp_path / "swap")
+    assert sum(swapped[i]["caption"] != r["caption"] for i, r in enumerate(_records(40))) == 4
+
+
+def test_hf_source_reads_a_local_imagefolder(tmp_path, monkeypatch):
+    pytest.importorskip("datasets")  # optional dependency: runs where `datasets` is installed, offline
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    for name in ("cat", "dog"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (20, 16), (60 * i, 100, 200)).save(tmp_path / "train" / name / f"{i}.png")
+    src = load_hf_source("imagefolder", split="train", data_dir=str(tmp_path), resolution=8)
+    assert src.images.shape == (4, 8, 8, 3) and src.class_names == ["cat", "dog"]
+    assert [r["caption"] for r in src.records] == ["a photo of a cat"] * 2 + ["a photo of a dog"] * 2
+    assert src.records[0]["orig_width"] == 20
