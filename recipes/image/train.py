@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 
 import hydra
+from accelerate import PartialState
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
@@ -30,7 +31,10 @@ log = logging.getLogger("recipes.image.train")
 def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Train the model of ``cfg`` in ``run_dir`` (resuming if it holds checkpoints); returns the trainer summary."""
     with lock_run(run_dir):  # the autoencoder stage writes into the run directory too
-        setup = prepare_training(cfg, run_dir)
+        # With several processes the first one trains the autoencoder and fills the latent cache; the others
+        # then find them and reuse them instead of racing on the same files.
+        with PartialState().main_process_first():
+            setup = prepare_training(cfg, run_dir)
         trainer = Trainer(
             setup.task, setup.dataset, trainer_config(cfg.trainer), run_dir,
             config_yaml=setup.config_yaml, eval_fn=setup.eval_fn,

@@ -27,6 +27,7 @@ from typing import Any
 
 import hydra
 import torch
+from accelerate import PartialState
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -109,14 +110,16 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
 def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     fill_corruption_speakers(cfg)
     mel_config = MelConfig(**OmegaConf.to_container(cfg.mel, resolve=True))
-    training_set = build_training_set(
-        OmegaConf.to_container(cfg.data, resolve=True),
-        mel_config=mel_config,
-        corruption=instantiate(cfg.corruption),
-        run_dir=run_dir,
-        add_blank=cfg.text.add_blank,
-        cleaner=cfg.text.cleaner,
-    )
+    # With several processes the first one synthesizes the corpus and fills the mel cache; the others reuse them.
+    with PartialState().main_process_first():
+        training_set = build_training_set(
+            OmegaConf.to_container(cfg.data, resolve=True),
+            mel_config=mel_config,
+            corruption=instantiate(cfg.corruption),
+            run_dir=run_dir,
+            add_blank=cfg.text.add_blank,
+            cleaner=cfg.text.cleaner,
+        )
     speakers = training_set.speakers
     with open_dict(cfg):
         cfg.speaker_ids = speakers  # checkpoints carry the ids, so synthesis needs nothing but the checkpoint
