@@ -43,18 +43,22 @@ MANIFEST_NAME = "corruption_manifest.json"
 def run_name(override_dirname: str = "") -> str:
     """A directory name for a run from its command-line overrides, so re-running a command finds its run.
 
+    The name is also a valid Hydra override value without quoting (``run_dir=runs/image/<name>``): ``=`` becomes
+    ``-`` and ``,`` becomes ``__``.
+
     Examples
     --------
     >>> run_name("")
     'default'
     >>> run_name("corruption=label_flip,corruption.ratio=0.2")
-    'corruption=label_flip,corruption.ratio=0.2'
+    'corruption-label_flip__corruption.ratio-0.2'
     >>> run_name("data.root=/a/b")
-    'data.root=_a_b'
+    'data.root-_a_b'
     """
     if not override_dirname:
         return "default"
-    return re.sub(r"[^A-Za-z0-9=,._+-]", "_", override_dirname)[:200]
+    name = override_dirname.replace("=", "-").replace(",", "__")
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", name)[:200]
 
 
 def register_resolvers() -> None:
