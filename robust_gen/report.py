@@ -56,7 +56,13 @@ RESULT_PREFIXES = ("train.", "eval.", "manifest.", "speaker_sim.")
 #: Config keys that tell seeds apart: runs differing only in these are repetitions of one setting.
 SEED_KEYS = ("trainer.seed", "corruption.seed", "seed")
 #: Config keys that never tell settings apart (bookkeeping that may differ between repetitions).
-BOOKKEEPING_KEYS = ("trainer.progress", "trainer.tensorboard", "latents.cache_dir", "data.cache_dir", "run_dir")
+BOOKKEEPING_KEYS = (
+    "trainer.progress",
+    "trainer.tensorboard",
+    "latents.cache_dir",
+    "data.cache_dir",
+    "run_dir",
+)
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -108,7 +114,10 @@ def _read_json(path: Path) -> Any:
 
 
 def _speaker_sim_file(run_dir: Path) -> Path | None:
-    for candidate in (run_dir / "speaker_sim" / "speaker_similarity.json", run_dir / "speaker_similarity.json"):
+    for candidate in (
+        run_dir / "speaker_sim" / "speaker_similarity.json",
+        run_dir / "speaker_similarity.json",
+    ):
         if candidate.is_file():
             return candidate
     return None
@@ -169,7 +178,21 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
         data = _read_json(similarity)
         if data.get("overall"):
             record.update(flatten(data["overall"], "speaker_sim"))
+        # the last evaluated step of this run: the paper's "best / final checkpoint" view, and its resilience
+        steps = [r for r in _own_rows(data.get("per_step", []), run_dir) if r.get("step") is not None]
+        if steps:
+            last = max(steps, key=lambda r: r["step"])
+            record.update(flatten({k: v for k, v in last.items() if k != "run"}, "speaker_sim.last"))
+            for row in _own_rows(data.get("resilience") or [], run_dir):
+                if row.get("step") == last["step"]:
+                    record["speaker_sim.last.resilience"] = row.get("resilience")
     return record
+
+
+def _own_rows(rows: list[dict], run_dir: Path) -> list[dict]:
+    """Rows of a table that tools/speaker_sim.py may have written for several runs: this run's (its folder name)."""
+    labels = {r.get("run") for r in rows}
+    return [r for r in rows if r.get("run") == run_dir.name] if len(labels) > 1 else rows
 
 
 def read_run_series(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -194,10 +217,9 @@ def read_run_series(run_dir: str | Path) -> list[dict[str, Any]]:
     similarity = _speaker_sim_file(run_dir)
     if similarity is None:
         return []
-    rows = [r for r in _read_json(similarity).get("per_step", []) if r.get("step") is not None]
-    labels = {r.get("run") for r in rows}
-    if len(labels) > 1:  # one file for several runs: keep this run's rows
-        rows = [r for r in rows if r.get("run") == run_dir.name]
+    rows = [
+        r for r in _own_rows(_read_json(similarity).get("per_step", []), run_dir) if r.get("step") is not None
+    ]
     out = []
     for row in rows:
         stats = {k: v for k, v in row.items() if k not in ("run", "step")}
@@ -217,10 +239,10 @@ def find_run_dirs(roots: Iterable[str | Path]) -> list[Path]:
     ...     _ = (root / name / "config.yaml").write_text("x: 1\\n")
     >>> [p.relative_to(root).as_posix() for p in find_run_dirs([root])]
     ['a', 'b/c']
-    >>> find_run_dirs([root / "missing"])
+    >>> find_run_dirs([root / "missing"])  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    FileNotFoundError: run root ... does not exist
+    FileNotFoundError: run root ... does not exist; pass a run directory or a sweep folder
     """
     found: set[Path] = set()
     for root in roots:
@@ -384,7 +406,9 @@ def write_markdown(
     return path
 
 
-def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path, columns: Sequence[str] | None = None) -> Path:
+def write_csv(
+    rows: Sequence[Mapping[str, Any]], path: str | Path, columns: Sequence[str] | None = None
+) -> Path:
     """Rows as CSV (columns: ``columns`` or every key in first-seen order; missing cells empty).
 
     Examples
@@ -433,7 +457,7 @@ def plot_metric(
 
     lines: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
-        label = ", ".join(f"{row.get(k)}" for k in hue) or metric
+        label = ", ".join(f"{k}={row.get(k)}" for k in hue) or metric
         lines.setdefault(label, []).append(row)
     fig = Figure(figsize=(5.2, 3.6))
     ax = fig.subplots()
@@ -453,7 +477,9 @@ def plot_metric(
         stds = [0.0 if p[2] is None or math.isnan(p[2]) else p[2] for p in points]
         ax.plot(xs, means, marker="o", label=label)
         if any(stds):
-            ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], alpha=0.2)
+            ax.fill_between(
+                xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], alpha=0.2
+            )
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel(ylabel or metric)
     if title:
@@ -497,7 +523,7 @@ STUDIES: dict[str, StudySpec] = {
     "slight_label": StudySpec(
         "Slight corruption, class labels (Chen et al. 2024)",
         by=("corruption.ratio", "cep.kind"), x="corruption.ratio", x_scale=100.0, xlabel="label flips eta (%)",
-        metrics=(*_FID, "eval.best.conditional_accuracy.accuracy", "eval.best.guidance_scale"),
+        metrics=(*_FID, "eval.best.conditional_accuracy", "eval.best.guidance_scale"),
         notes="eval.best.*: the sample tag (guidance scale) of lowest FID per run, as the paper reports the best "
         "guidance scale of a sweep. FID/KID on the domain classifier's features (offline), not Inception.",
     ),
@@ -517,15 +543,18 @@ STUDIES: dict[str, StudySpec] = {
     "huber_speech": StudySpec(
         "Scheduled pseudo-Huber, speech: target speaker contaminated by another (Khrapov et al. 2024)",
         by=("corruption.ratio", "loss.method"), x="corruption.ratio", x_scale=100.0, xlabel="contamination (%)",
-        metrics=("speaker_sim.mean", "speaker_sim.std", "speaker_sim.count"),
+        metrics=("speaker_sim.last.mean", "speaker_sim.last.resilience", "speaker_sim.last.below.0.25",
+                 "speaker_sim.mean", "speaker_sim.last.step"),
         series_metrics=("speaker_sim.mean",),
-        notes="Speaker similarity of the synthesized speech to the target's recordings at the last evaluated "
-        "step; series plot: similarity over training iterations. Threshold counts are in the CSV.",
+        notes="speaker_sim.last.*: speaker similarity of the synthesized speech to the target's recordings at the "
+        "last evaluated step (resilience: minus the ratio-0 run's); speaker_sim.mean: over every evaluated step; "
+        "below.0.25: samples under the VoxCeleb model's threshold (other thresholds in the CSV); series plot: "
+        "similarity over training iterations.",
     ),
     "conditioning": StudySpec(
         "Entangled vs disentangled control metadata (Berrada et al. 2024)",
         by=("control.mode",), x="control.mode",
-        metrics=("eval.centred.conditional_accuracy.accuracy", "eval.shifted.conditional_accuracy.accuracy",
+        metrics=("eval.centred.conditional_accuracy", "eval.shifted.conditional_accuracy",
                  "eval.centred.fid", "eval.shifted.fid"),
         notes="Samples with the centred crop condition (tag centred) and with a shifted crop (tag shifted): "
         "a drop of conditional accuracy under the shifted crop means the crop condition changes the class.",
@@ -559,7 +588,9 @@ def write_study_report(
     by = (*spec.by, *spec.extra_by)
     rows = aggregate(records, by, spec.metrics)
     files = {
-        "md": write_markdown(rows, by, spec.metrics, out_dir / f"{name}.md", title=spec.title, notes=spec.notes),
+        "md": write_markdown(
+            rows, by, spec.metrics, out_dir / f"{name}.md", title=spec.title, notes=spec.notes
+        ),
         "csv": write_csv(rows, out_dir / f"{name}.csv"),
         "runs_csv": write_csv(records, out_dir / f"{name}_runs.csv"),
     }

@@ -28,7 +28,7 @@ def sample(cfg: DictConfig) -> list[str]:
     """Write one sample folder per guidance scale of ``cfg``; returns the folders."""
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     task, autoencoder, meta, _ = load_run(cfg.run_dir, checkpoint=cfg.checkpoint, weights=cfg.weights, device=device)
-    control = OmegaConf.to_container(cfg.control) if cfg.control is not None else meta["sample_control"]
+    control = OmegaConf.to_container(cfg.control_values) if cfg.control_values is not None else meta["sample_control"]
     request = balanced_request(meta, int(cfg.num_images), control if task.denoiser.routing != "none" else None)
     sampler = cfg.sampler
     scales = cfg.guidance_scales if OmegaConf.is_list(cfg.guidance_scales) else [cfg.guidance_scales]

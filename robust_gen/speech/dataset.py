@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from robust_gen.speech.filelists import Records, read_filelist, read_libritts, read_ljspeech
+from robust_gen.speech.filelists import Records, read_filelist, read_libritts, read_ljspeech, write_filelist
 from robust_gen.speech.mel import MelConfig
 from robust_gen.speech.mel_cache import MelCache, load_mel
 from robust_gen.speech.text import encode_text
@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 BAD_INPUT_POLICIES = ("error", "skip")
 SPEAKERS_FILE = "speakers.json"
 SKIPPED_FILE = "skipped_utterances.json"
+CLEAN_FILELIST = "clean_filelist.txt"
 
 
 class BadUtteranceError(ValueError):
@@ -483,6 +484,9 @@ def build_training_set(
                                   add_blank=add_blank, cleaner=cleaner)  # fmt: skip
     skipped += prepared.skipped
     clean = prepared.records
+    # The clean, usable utterances as a filelist: the reference set for tools/speaker_sim.py --refs.
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    write_filelist([{k: r[k] for k in ("path", "text", "speaker")} for r in clean], Path(run_dir) / CLEAN_FILELIST)
 
     def records_for_epoch(epoch: int) -> list[dict]:
         corrupted, _ = apply_corruption(corruption, clean, run_dir, epoch=epoch)

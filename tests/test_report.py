@@ -1,0 +1,255 @@
+"""Experiment reports on synthetic run directories: records, seed aggregation, tables, plots, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from robust_gen.report import (
+    STUDIES,
+    aggregate,
+    collect_runs,
+    collect_series,
+    read_run,
+    varying_keys,
+    write_study_report,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _cli():
+    spec = importlib.util.spec_from_file_location("report_cli", ROOT / "tools" / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fid(ratio: float, cep: str, seed: int, scale: float) -> float:
+    """A made-up but deterministic FID: depends on every setting so that aggregation errors show."""
+    return 10.0 + 20 * ratio - (1.5 if cep != "none" else 0.0) + 0.3 * seed + abs(scale - 2.0)
+
+
+def make_image_run(root: Path, ratio: float, cep: str, seed: int, *, with_eval: bool = True) -> Path:
+    run = root / f"corruption.ratio={ratio},cep={cep},trainer.seed={seed}"
+    run.mkdir(parents=True)
+    config = {
+        "corruption": {"_target_": "robust_gen.corruption.LabelFlip", "ratio": ratio, "seed": 0},
+        "cep": {"kind": cep, "gamma": 1.0} if cep != "none" else {"kind": "none"},
+        "loss": {"_target_": "robust_gen.diffusion.losses.L2Loss"},
+        "trainer": {"seed": seed, "max_steps": 20, "adam_betas": [0.9, 0.999]},
+        "condition": {"kind": "class"},
+    }
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / "summary.json").write_text(json.dumps({"step": 20, "loss": 0.1 + seed}))
+    (run / "corruption_manifest.json").write_text(
+        json.dumps({"kind": "label_flip", "ratio": ratio, "num_samples": 100, "changes": round(100 * ratio)})
+    )
+    if with_eval:
+        tags = {
+            f"ddim10_g{scale:g}": {
+                "fid": _fid(ratio, cep, seed, scale),
+                "kid_mean": 0.01 * seed,
+                "guidance_scale": scale,
+                "conditional_accuracy": 0.9 - ratio,
+                "per_class_accuracy": {"0": 1.0},
+            }
+            for scale in (1.0, 3.0, 2.0)
+        }
+        (run / "eval").mkdir()
+        (run / "eval" / "metrics.json").write_text(json.dumps({"run_dir": str(run), "tags": tags}))
+    return run
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    root = tmp_path / "slight_label"
+    for ratio in (0.0, 0.05):
+        for cep in ("none", "uniform"):
+            for seed in (0, 1, 2):
+                make_image_run(root, ratio, cep, seed)
+    # a checkpoint's config must not count as a run
+    ckpt = root / "corruption.ratio=0.0,cep=none,trainer.seed=0" / "checkpoints" / "step_1"
+    ckpt.mkdir(parents=True)
+    (ckpt / "config.yaml").write_text("trainer: {seed: 9}\n")
+    return root
+
+
+def test_read_run_flattens_config_and_results(sweep: Path) -> None:
+    record = read_run(sweep / "corruption.ratio=0.05,cep=uniform,trainer.seed=1")
+    assert record["corruption.ratio"] == 0.05
+    assert record["cep.kind"] == "uniform"
+    assert record["trainer.adam_betas"] == "[0.9, 0.999]"
+    assert record["loss.method"] == "l2"
+    assert record["train.loss"] == pytest.approx(1.1)
+    assert record["manifest.changes"] == 5
+    assert record["eval.ddim10_g3.fid"] == pytest.approx(_fid(0.05, "uniform", 1, 3.0))
+    # the best guidance scale is the tag of lowest FID (g2 here), with all of that tag's metrics
+    assert record["eval.best.tag"] == "ddim10_g2"
+    assert record["eval.best.guidance_scale"] == 2.0
+    assert record["eval.best.per_class_accuracy.0"] == 1.0
+    assert record["eval.best.fid"] == pytest.approx(_fid(0.05, "uniform", 1, 2.0))
+    assert record["eval.best.conditional_accuracy"] == pytest.approx(0.85)
+
+
+def test_collect_and_aggregate_over_seeds(sweep: Path) -> None:
+    records = collect_runs([sweep])
+    assert len(records) == 12  # the checkpoint config is skipped
+    assert varying_keys(records) == ["cep.gamma", "cep.kind", "corruption.ratio"]
+    rows = aggregate(records, ["corruption.ratio", "cep.kind"], ["eval.best.fid", "train.loss"])
+    assert [(r["corruption.ratio"], r["cep.kind"]) for r in rows] == [
+        (0.0, "none"), (0.0, "uniform"), (0.05, "none"), (0.05, "uniform"),
+    ]  # fmt: skip
+    for row in rows:
+        fids = [_fid(row["corruption.ratio"], row["cep.kind"], s, 2.0) for s in (0, 1, 2)]
+        assert row["runs"] == 3
+        assert row["eval.best.fid.n"] == 3
+        assert row["eval.best.fid.mean"] == pytest.approx(np.mean(fids))
+        assert row["eval.best.fid.std"] == pytest.approx(np.std(fids, ddof=1))
+        assert row["train.loss.mean"] == pytest.approx(1.1)
+
+
+def test_aggregate_refuses_to_mix_settings(sweep: Path) -> None:
+    records = collect_runs([sweep])
+    with pytest.raises(ValueError, match=r"differ in \['cep.gamma', 'cep.kind'\]"):
+        aggregate(records, ["corruption.ratio"], ["eval.best.fid"])
+    rows = aggregate(records, ["corruption.ratio"], ["eval.best.fid"], strict=False)
+    assert [r["runs"] for r in rows] == [6, 6]
+
+
+def test_missing_metric_counts_as_absent(tmp_path: Path) -> None:
+    make_image_run(tmp_path, 0.1, "none", 0)
+    make_image_run(tmp_path, 0.1, "none", 1, with_eval=False)
+    (row,) = aggregate(collect_runs([tmp_path]), ["corruption.ratio"], ["eval.best.fid", "eval.nothing"])
+    assert row["runs"] == 2 and row["eval.best.fid.n"] == 1 and math.isnan(row["eval.best.fid.std"])
+    assert row["eval.nothing.n"] == 0 and math.isnan(row["eval.nothing.mean"])
+
+
+def test_study_report_files(sweep: Path, tmp_path: Path) -> None:
+    files = write_study_report(collect_runs([sweep]), STUDIES["slight_label"], tmp_path / "out")
+    table = files["md"].read_text().splitlines()
+    assert table[0].startswith("## Slight corruption, class labels")
+    header = next(line for line in table if line.startswith("| corruption.ratio"))
+    assert "eval.best.fid" in header
+    expected = np.mean([_fid(0.05, "uniform", s, 2.0) for s in (0, 1, 2)])
+    row = next(line for line in table if line.startswith("| 0.05 | uniform |"))
+    assert f"{expected:.4g} ± " in row and "(n=3)" in row
+    with files["csv"].open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4 and float(rows[3]["eval.best.fid.mean"]) == pytest.approx(expected)
+    assert len(list(csv.DictReader(files["runs_csv"].open()))) == 12
+    assert files["png:eval.best.fid"].read_bytes()[:8] == PNG_MAGIC
+
+
+def _speech_run(root: Path, method: str, seed: int, curve: list[float]) -> Path:
+    run = root / f"{method}_{seed}"
+    (run / "speaker_sim").mkdir(parents=True)
+    loss = {"_target_": "robust_gen.diffusion.losses.L2Loss"}
+    if method != "l2":
+        loss = {"_target_": "robust_gen.diffusion.losses.PseudoHuberLoss", "schedule": method}
+    config = {"loss": loss, "trainer": {"seed": seed}, "corruption": {"ratio": 0.3}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    per_step = [
+        {"run": run.name, "step": 100 * (i + 1), "mean": v, "below": {"0.25": i}} for i, v in enumerate(curve)
+    ]
+    overall = {"count": 4, "mean": curve[-1], "std": 0.0, "below": {"0.25": 0}}
+    resilience = [{"run": run.name, "step": 200, "resilience": curve[-1] - 0.9}]
+    summary = {"overall": overall, "per_step": per_step, "resilience": resilience}
+    (run / "speaker_sim" / "speaker_similarity.json").write_text(json.dumps(summary))
+    return run
+
+
+def test_speech_series_over_steps(tmp_path: Path) -> None:
+    _speech_run(tmp_path, "l2", 0, [0.5, 0.4])
+    _speech_run(tmp_path, "l2", 1, [0.7, 0.6])
+    _speech_run(tmp_path, "snr", 0, [0.8, 0.9])
+    series = collect_series([tmp_path])
+    assert len(series) == 6
+    rows = aggregate(series, ["loss.method", "step"], ["speaker_sim.mean", "speaker_sim.below.0.25"])
+    l2_first = next(r for r in rows if r["loss.method"] == "l2" and r["step"] == 100)
+    assert l2_first["speaker_sim.mean.mean"] == pytest.approx(0.6) and l2_first["speaker_sim.mean.n"] == 2
+    files = write_study_report(
+        collect_runs([tmp_path]), STUDIES["huber_speech"], tmp_path / "out", series=series
+    )
+    assert files["series_png:speaker_sim.mean"].read_bytes()[:8] == PNG_MAGIC
+    table = files["md"].read_text()
+    assert "pseudo_huber:snr" in table and "0.9 (n=1)" in table
+    record = read_run(tmp_path / "l2_1")
+    assert record["speaker_sim.last.step"] == 200 and record["speaker_sim.last.mean"] == 0.6
+    assert record["speaker_sim.last.resilience"] == pytest.approx(-0.3)
+    assert record["speaker_sim.last.below.0.25"] == 1
+
+
+def test_bad_inputs_are_named(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"config\.yaml is missing"):
+        read_run(tmp_path)
+    (tmp_path / "config.yaml").write_text("a: [1, 2\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        read_run(tmp_path)
+    (tmp_path / "config.yaml").write_text("eval:\n  fid: 1\n")
+    with pytest.raises(ValueError, match="clash"):
+        read_run(tmp_path)
+    (tmp_path / "config.yaml").write_text("a: 1\n")
+    (tmp_path / "summary.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"summary\.json: not valid JSON"):
+        read_run(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="no run directories"):
+        collect_runs([empty])
+
+
+def test_cli_end_to_end(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli = _cli()
+    out = tmp_path / "rep"
+    assert cli.main(["slight_label", str(sweep), "--out", str(out), "--where", "cep.kind=uniform"]) == 0
+    printed = capsys.readouterr().out
+    assert "| 0.05 | uniform |" in printed and "| 0.05 | none |" not in printed
+    assert (out / "report_eval.best.fid.png").is_file()
+    assert cli.main(["custom", str(sweep), "--out", str(tmp_path / "c"), "--metric", "eval.best.fid"]) == 0
+    assert "| cep.gamma | cep.kind | corruption.ratio |" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["slight_label", str(tmp_path / "nowhere"), "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+OVERLAYS = [
+    ("image", "slight_label"), ("image", "slight_caption"), ("image", "huber_image"),
+    ("image", "huber_image_schedules"), ("image", "conditioning"), ("image", "slight_label_paper"),
+    ("image", "slight_caption_paper"), ("image", "huber_image_paper"), ("image", "huber_image_schedules_paper"),
+    ("image", "conditioning_paper"), ("tts", "huber_speech"), ("tts", "huber_speech_paper"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("recipe", "overlay"), OVERLAYS)
+def test_experiment_overlays_compose(recipe: str, overlay: str) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from robust_gen.training.recipe import CONFIG_ROOT, register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(str(CONFIG_ROOT / recipe), version_base="1.3"):
+        cfg = compose("train", overrides=[f"+experiment={overlay}"], return_hydra_config=True)
+    params = dict(cfg.hydra.sweeper.params)
+    assert cfg.study.name.startswith(overlay.removesuffix("_schedules").removesuffix("_schedules_paper"))
+    assert str(cfg.hydra.sweep.dir).endswith(f"experiments/{cfg.study.name}")
+    assert "trainer.seed" in params and len(str(params["trainer.seed"]).split(",")) >= 1
+    if overlay.startswith("slight"):
+        assert params["corruption.ratio"] == "0,0.025,0.05,0.075,0.1,0.15,0.2"
+        assert params["cep"] == "none,uniform,gaussian"
+        assert cfg.condition.kind == ("class" if "label" in overlay else "text")
+    if overlay.startswith("huber"):
+        assert "0" in str(params["corruption.ratio"]).split(
+            ","
+        )  # the clean run resilience is measured against
+    if overlay.endswith("_paper"):
+        assert str(params["trainer.seed"]) == "0,1,2"
