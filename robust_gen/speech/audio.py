@@ -15,12 +15,13 @@ import functools
 import math
 import numbers
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
+
+from robust_gen.training.run_dir import atomic_open
 
 PCM16_SCALE = 32768.0
 
@@ -110,16 +111,8 @@ def save_audio(path: str | os.PathLike, wav: torch.Tensor | np.ndarray, sample_r
     path = Path(path)
     _check_rate(sample_rate)
     samples = to_pcm16(wav)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            sf.write(file, samples, sample_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as file:
+        sf.write(file, samples, sample_rate, subtype="PCM_16", format="WAV")
 
 
 def to_pcm16(wav: torch.Tensor | np.ndarray) -> np.ndarray:

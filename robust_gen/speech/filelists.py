@@ -14,10 +14,11 @@ pipeline can report how many utterances it lost.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal
+
+from robust_gen.training.run_dir import atomic_open
 
 OnMissing = Literal["error", "skip"]
 FIELDS = ("path", "text", "speaker")
@@ -210,16 +211,8 @@ def write_filelist(records: Iterable[Mapping[str, str]], path: str | os.PathLike
         if audio.is_relative_to(folder):
             audio = audio.relative_to(folder)
         lines.append("|".join([audio.as_posix(), values[1], values[2]]) + "\n")
-    if not folder.is_dir():
-        raise FileNotFoundError(f"cannot write {filelist}: folder {folder} does not exist")
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{filelist.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as file:
-            file.writelines(lines)
-        os.replace(tmp_name, filelist)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_open(filelist, "w", encoding="utf-8", newline="\n") as file:
+        file.writelines(lines)
 
 
 def _check_policy(on_missing: str) -> None:

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 
 from robust_gen.speech.audio import load_audio, peak_db, rms_db
 from robust_gen.speech.mel import MelConfig, MelSpectrogram
+from robust_gen.training.run_dir import atomic_open
 
 __all__ = ["MelCache", "MelEntry", "load_mel"]
 
@@ -104,20 +104,8 @@ class MelCache:
     @staticmethod
     def _store(entry_file: Path, entry: MelEntry) -> None:
         entry_file.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=".entry-", suffix=".npz", dir=entry_file.parent)
-        try:
-            with os.fdopen(handle, "wb") as file:
-                np.savez(
-                    file,
-                    mel=entry.mel,
-                    num_samples=entry.num_samples,
-                    peak_db=entry.peak_db,
-                    rms_db=entry.rms_db,
-                )
-            os.replace(tmp, entry_file)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(entry_file, "wb") as file:
+            np.savez(file, mel=entry.mel, num_samples=entry.num_samples, peak_db=entry.peak_db, rms_db=entry.rms_db)
 
 
 def load_mel(mel_file: str | os.PathLike) -> torch.Tensor:
