@@ -50,3 +50,49 @@ def test_sigkill_at_random_points_then_resume_matches_uninterrupted(tmp_path):
         for key, value in reference.items():
             assert torch.equal(value, resumed[key]), f"trial {trial}: {key} differs after kill and resume"
         assert not list((run_dir / "checkpoints").glob(".tmp-*")), "a temporary checkpoint was left behind"
+
+
+def _disk_full(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_disk_full_while_writing_samples_keeps_the_previous_ones(tmp_path, monkeypatch):
+    import numpy as np
+
+    from robust_gen.image.sampling import write_samples
+
+    out = write_samples(tmp_path, np.zeros((2, 4, 4, 1), np.uint8), [0, 1], ["a", "b"])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr("robust_gen.training.run_dir.os.fsync", _disk_full)  # where delayed ENOSPC surfaces
+    try:
+        write_samples(tmp_path, np.full((2, 4, 4, 1), 255, np.uint8), [1, 0], ["c", "d"])
+    except OSError as error:
+        assert "No space left on device" in str(error)
+    else:
+        raise AssertionError("a full disk must not pass silently")
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not [p for p in tmp_path.rglob("*.tmp")], "a temporary file was left behind"
+
+
+def test_disk_full_while_writing_speech_samples_and_manifests(tmp_path, monkeypatch):
+    from robust_gen.corruption import flip_labels
+    from robust_gen.speech.audio import save_audio
+
+    save_audio(tmp_path / "a.wav", torch.zeros(100), 22050)
+    _, manifest = flip_labels([0, 1, 0, 1], 0.5, 2, seed=0)
+    manifest.save(tmp_path / "manifest.json")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    monkeypatch.setattr("robust_gen.training.run_dir.os.fsync", _disk_full)
+    for write in (lambda: save_audio(tmp_path / "a.wav", torch.ones(100) * 0.5, 22050),
+                  lambda: manifest.save(tmp_path / "manifest.json")):
+        try:
+            write()
+        except OSError as error:
+            assert "No space left on device" in str(error)
+        else:
+            raise AssertionError("a full disk must not pass silently")
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
+import json
+import logging
+import re
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from robust_gen.corruption import CaptionSwap, LabelFlip
@@ -14,7 +20,14 @@ from robust_gen.image.autoencoder import ImageAutoencoder
 from robust_gen.image.build import build_source
 from robust_gen.image.data import CONTROL_NAMES, Augmentation, LatentImageDataset
 from robust_gen.image.latents import LatentTable, cache_key, load_or_encode
-from robust_gen.image.sources import DIGIT_WORDS, load_folder_source, load_hf_source, load_table_source
+from robust_gen.image.sources import (
+    DIGIT_WORDS,
+    SKIPPED_IMAGES_FILE,
+    load_folder_source,
+    load_hf_source,
+    load_table_source,
+    read_caption_table,
+)
 
 
 def test_digits_source_is_real_labelled_and_captioned():
@@ -73,6 +86,176 @@ def test_table_source_csv_jsonl_and_its_errors(tmp_path):
     (tmp_path / "missing.csv").write_text("image,caption\nnope.png,a caption\n")
     with pytest.raises(FileNotFoundError, match=r"missing\.csv row 1: image file .*nope\.png does not exist"):
         load_table_source(tmp_path / "missing.csv", resolution=8)
+
+
+def _truncated_png(path):
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)  # noise: a long data stream
+    Image.fromarray(noise).save(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # as a copy interrupted half-way
+
+
+def _nan_tiff(path):
+    pixels = np.full((8, 8), 0.5, dtype=np.float32)
+    pixels[2, 3] = np.nan
+    Image.fromarray(pixels, mode="F").save(path)
+
+
+#: One writer per kind of bad image file, and the reason the skipped list must give.
+BAD_FILES = {
+    "truncated": ("bad.png", _truncated_png, "unreadable image"),
+    "empty": ("bad.png", lambda path: path.write_bytes(b""), "empty (0-byte) file"),
+    "text_as_png": ("bad.png", lambda path: path.write_text("just some notes, not pixels\n"), "unreadable image"),
+    "nan_tiff": ("bad.tif", _nan_tiff, "non-finite pixel values"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_FILES))
+def test_folder_bad_image_is_skipped_counted_and_listed_or_named(tmp_path, kind, caplog):
+    name, write, reason = BAD_FILES[kind]
+    _write_folder(tmp_path / "data")
+    bad_file = tmp_path / "data" / "dog" / name
+    write(bad_file)
+    cfg = {"source": "folder", "root": str(tmp_path / "data"), "resolution": 8}
+    with pytest.raises(ValueError, match=rf"cannot read image .*{re.escape(name)}: {re.escape(reason)}.*data\.on_bad=skip"):
+        build_source({**cfg, "on_bad": "error"})
+    with caplog.at_level(logging.WARNING, logger="robust_gen.image.sources"):
+        src = build_source({**cfg, "on_bad": "skip"}, run_dir=tmp_path / "run")
+    # the rest loads, with the image array and the records still aligned
+    assert src.images.shape == (4, 8, 8, 3) and [r["label"] for r in src.records] == [0, 0, 1, 1]
+    assert [r["source"] for r in src.records] == [0, 1, 2, 3]
+    listed = json.loads((tmp_path / "run" / SKIPPED_IMAGES_FILE).read_text())
+    assert listed["count"] == 1 and listed["images"][0]["file"] == str(bad_file)
+    assert listed["images"][0]["reason"].startswith(reason)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "skipped 1 bad image(s)" in warnings[0] and SKIPPED_IMAGES_FILE in warnings[0]
+
+
+def test_folder_skip_keeps_configuration_faults_as_errors(tmp_path):
+    _write_folder(tmp_path / "empty_class")
+    (tmp_path / "empty_class" / "bird").mkdir()  # a whole class missing is not a per-sample fault
+    with pytest.raises(ValueError, match="bird has no images"):
+        load_folder_source(tmp_path / "empty_class", on_bad="skip")
+    (tmp_path / "all_bad" / "cat").mkdir(parents=True)
+    for i in range(3):
+        (tmp_path / "all_bad" / "cat" / f"{i}.png").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"every image of folder .*all_bad is bad \(3 skipped"):
+        load_folder_source(tmp_path / "all_bad", on_bad="skip")
+    with pytest.raises(ValueError, match=r"on_bad must be one of \('error', 'skip'\), got 'ignore'"):
+        load_folder_source(tmp_path / "all_bad", on_bad="ignore")
+
+
+def _bad_table(root, suffix, keep=None):
+    """A table whose rows 2..5 are bad in four ways (or only the rows ``keep``, by index)."""
+    Image.new("L", (10, 10), 128).save(root / "good.png")
+    Image.new("L", (10, 10), 255).save(root / "white.png")
+    _truncated_png(root / "cut.png")
+    rows = [
+        {"image": "good.png", "caption": "a grey square", "kind": "x"},
+        {"image": "nope.png", "caption": "a file that is not there", "kind": "y"},  # row 2: missing image
+        {"image": "white.png", "caption": "   ", "kind": "z"},  # row 3: empty caption
+        {"image": "cut.png", "caption": "a truncated file", "kind": "y"},  # row 4: truncated image
+        {"image": "", "caption": "no image path", "kind": "y"},  # row 5: no image path
+        {"image": "white.png", "caption": "a white square", "kind": "x"},
+    ]
+    rows = rows if keep is None else [rows[i] for i in keep]
+    path = root / f"t.{suffix}"
+    if suffix == "csv":
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=["image", "caption", "kind"])
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+def test_table_bad_rows_are_skipped_counted_and_listed(tmp_path, suffix, caplog):
+    table = _bad_table(tmp_path, suffix)
+    cfg = {"source": "table", "table": str(table), "label_column": "kind", "resolution": 8, "channels": 1}
+    with caplog.at_level(logging.WARNING, logger="robust_gen.image.sources"):
+        src = build_source({**cfg, "on_bad": "skip"}, run_dir=tmp_path / "run")
+    assert [r["caption"] for r in src.records] == ["a grey square", "a white square"]
+    assert src.images.shape == (2, 8, 8, 1) and src.images[1].min() == 255  # images follow their rows
+    assert src.class_names == ["x"] and [r["label"] for r in src.records] == [0, 0]  # classes of the rows kept
+    listed = json.loads((tmp_path / "run" / SKIPPED_IMAGES_FILE).read_text())
+    assert listed["count"] == 4
+    by_row = {entry["row"]: entry for entry in listed["images"]}
+    assert sorted(by_row) == [2, 3, 4, 5]
+    assert by_row[2]["reason"] == "image file does not exist" and by_row[2]["file"].endswith("nope.png")
+    assert by_row[3]["reason"] == "empty caption in column 'caption'"
+    assert by_row[4]["reason"].startswith("unreadable image") and by_row[4]["file"].endswith("cut.png")
+    assert by_row[5]["reason"] == "no image path in column 'image'"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "skipped 4 bad image(s)" in warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("keep_rows", "error", "message"),
+    [
+        ([0, 1], FileNotFoundError, r"t\.{suffix} row 2: image file .*nope\.png does not exist"),
+        ([0, 2], ValueError, r"t\.{suffix} row 2: empty caption in column 'caption'"),
+        ([0, 3], ValueError, r"t\.{suffix} row 2: cannot read image .*cut\.png: unreadable image"),
+        ([0, 4], ValueError, r"t\.{suffix} row 2: no image path in column 'image'"),
+    ],
+)
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+def test_table_bad_row_under_error_names_the_row(tmp_path, suffix, keep_rows, error, message):
+    table = _bad_table(tmp_path, suffix, keep=keep_rows)
+    with pytest.raises(error, match=message.format(suffix=suffix)):
+        load_table_source(table, resolution=8)
+
+
+def test_table_skip_keeps_configuration_faults_as_errors(tmp_path):
+    table = _bad_table(tmp_path, "csv")
+    with pytest.raises(ValueError, match="has no column 'text'"):
+        load_table_source(table, caption_column="text", on_bad="skip")
+    (tmp_path / "all_bad.csv").write_text("image,caption\nnope.png,a\ngood.png,\n")
+    with pytest.raises(ValueError, match=r"every image of table .*all_bad\.csv is bad \(2 skipped"):
+        load_table_source(tmp_path / "all_bad.csv", on_bad="skip")
+
+
+# Caption text as scraped captions come: any Unicode (no lone surrogates: they cannot be written as UTF-8),
+# with commas, quotes, tabs, CR/LF and U+2028 line separators mixed in.
+_caption_text = st.text(
+    alphabet=st.one_of(st.characters(), st.sampled_from([",", '"', "'", "\n", "\r", "\t", "\u2028", "\ufeff"])),
+    max_size=40,
+)
+_rows = st.lists(st.fixed_dictionaries({"image": _caption_text, "caption": _caption_text}), max_size=6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=_rows)
+def test_caption_table_csv_round_trips_arbitrary_text(tmp_path_factory, rows):
+    path = tmp_path_factory.mktemp("csv") / "t.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", "caption"])
+        writer.writeheader()
+        writer.writerows(rows)
+    assert read_caption_table(path) == rows
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=_rows, ascii_only=st.booleans())
+def test_caption_table_jsonl_round_trips_arbitrary_text(tmp_path_factory, rows, ascii_only):
+    path = tmp_path_factory.mktemp("jsonl") / "t.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=ascii_only) + "\n" for r in rows), encoding="utf-8")
+    assert read_caption_table(path) == rows
+
+
+@settings(max_examples=80, deadline=None)
+@given(content=st.one_of(st.text(max_size=80), st.binary(max_size=80)), suffix=st.sampled_from([".csv", ".jsonl"]))
+def test_caption_table_on_arbitrary_content_gives_rows_or_the_documented_error(tmp_path_factory, content, suffix):
+    path = tmp_path_factory.mktemp("any") / f"t{suffix}"
+    path.write_bytes(content.encode("utf-8", "surrogatepass") if isinstance(content, str) else content)
+    try:
+        rows = read_caption_table(path)
+    except ValueError as e:
+        assert str(path) in str(e)  # the documented error names the file
+        return
+    assert all(isinstance(r, dict) for r in rows)
+    if suffix == ".csv":
+        assert all(None not in r and None not in r.values() for r in rows)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="datasets is installed")

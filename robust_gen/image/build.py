@@ -32,6 +32,7 @@ from robust_gen.image.sources import (
     load_folder_source,
     load_hf_source,
     load_table_source,
+    report_skipped,
 )
 from robust_gen.image.task import ImageDiffusionTask
 from robust_gen.training.checkpoint import resolve_checkpoint
@@ -44,12 +45,12 @@ log = logging.getLogger(__name__)
 
 META_NAME = "image_meta.json"
 _COMMON = ("resolution", "crop_margin", "interpolation", "limit")
-_SOURCE_ARGS = {
+_SOURCE_ARGS = {  # the digits cannot be bad, so they take no `on_bad`
     "digits": ("caption_seed",),
-    "folder": ("root", "channels", "caption_template"),
-    "table": ("table", "image_column", "caption_column", "label_column", "image_root", "channels"),
+    "folder": ("root", "channels", "caption_template", "on_bad"),
+    "table": ("table", "image_column", "caption_column", "label_column", "image_root", "channels", "on_bad"),
     "hf": ("name", "split", "image_column", "label_column", "caption_column", "caption_template", "config_name",
-           "revision", "data_dir", "channels"),
+           "revision", "data_dir", "channels", "on_bad"),
 }
 _LOADERS = {"digits": load_digits_source, "folder": load_folder_source, "table": load_table_source,
             "hf": load_hf_source}
@@ -59,8 +60,11 @@ def _plain(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 
 
-def build_source(data_cfg: dict | DictConfig) -> ImageSource:
+def build_source(data_cfg: dict | DictConfig, run_dir: str | Path | None = None) -> ImageSource:
     """Load the data of the ``data`` config group (``source: digits | folder | table | hf``).
+
+    Images skipped under ``data.on_bad=skip`` are counted in the log and, given ``run_dir``, listed in
+    ``<run_dir>/skipped_images.json`` (:func:`~robust_gen.image.sources.report_skipped`).
 
     Examples
     --------
@@ -72,7 +76,9 @@ def build_source(data_cfg: dict | DictConfig) -> ImageSource:
     if kind not in _LOADERS:
         raise ValueError(f"data.source must be one of {sorted(_LOADERS)}, got {kind!r}")
     kwargs = {k: cfg[k] for k in (*_COMMON, *_SOURCE_ARGS[kind]) if k in cfg}
-    return _LOADERS[kind](**kwargs)
+    source = _LOADERS[kind](**kwargs)
+    report_skipped(source, run_dir)
+    return source
 
 
 def fill_from_data(cfg: DictConfig, source: ImageSource) -> None:
@@ -165,7 +171,7 @@ def prepare_training(cfg: DictConfig, run_dir: str | Path) -> ImageTraining:
     if state.device.type == "cpu" and cfg.get("cpu_threads"):
         torch.set_num_threads(int(cfg.cpu_threads))
     seed = int(cfg.trainer.seed)
-    source = build_source(cfg.data)
+    source = build_source(cfg.data, run_dir if state.is_main_process else None)
     fill_from_data(cfg, source)
     config_yaml = write_resolved_config(cfg, run_dir) if state.is_main_process else OmegaConf.to_yaml(cfg, resolve=True)
     ae_cfg = _plain(cfg.autoencoder)

@@ -12,6 +12,13 @@ records replaced by outliers); ``source`` points into the image array, so an out
 to a square, the usual "resize, then crop" of LDM / SDXL data pipelines; the original size is kept in the record
 as control metadata (Berrada et al. 2024, papers.md §3).
 
+Bad files (missing, empty, unreadable, truncated, not an image, non-finite pixels) and table rows without a
+caption or image follow ``on_bad``: ``"error"`` (the default) raises on the first one, naming the file or row;
+``"skip"`` leaves them out and lists them in :attr:`ImageSource.skipped` (``{"file" or "row", "reason"}``), which
+:func:`report_skipped` counts in the log and writes to ``<run_dir>/skipped_images.json``. A whole class folder
+without images, or a table without the named column, is an error either way: that is a configuration fault,
+not a bad sample.
+
 Everything is loaded into memory at once: meant for datasets that fit (the digits, folders of thousands of
 images, slices of ImageNet via ``limit``), not for streaming 1.28M images.
 """
@@ -20,24 +27,31 @@ from __future__ import annotations
 
 import csv
 import importlib
+import io
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 __all__ = [
+    "BAD_INPUT_POLICIES",
     "DIGIT_TEMPLATES",
     "DIGIT_WORDS",
     "IMAGE_EXTENSIONS",
+    "SKIPPED_IMAGES_FILE",
     "ImageSource",
     "digit_captions",
     "load_digits_source",
     "load_folder_source",
     "load_hf_source",
     "load_table_source",
+    "read_caption_table",
+    "report_skipped",
     "resize_square",
 ]
 
@@ -60,6 +74,9 @@ _FILTERS = {
     "lanczos": Image.Resampling.LANCZOS,
 }
 _MODES = {1: "L", 3: "RGB"}
+BAD_INPUT_POLICIES = ("error", "skip")
+SKIPPED_IMAGES_FILE = "skipped_images.json"
+_SKIP_HINT = "; or set data.on_bad=skip to leave such images out"
 
 
 @dataclass
@@ -80,6 +97,9 @@ class ImageSource:
         Distinct captions to sample with when there are no classes.
     name:
         A short description of where the data came from.
+    skipped:
+        Bad images / rows left out under ``on_bad="skip"``: ``{"file": ..., "reason": ...}`` for folder images,
+        ``{"row": ..., "file": ..., "reason": ...}`` for table / dataset rows.
     """
 
     images: np.ndarray
@@ -88,6 +108,7 @@ class ImageSource:
     class_prompts: list[list[str]] = field(default_factory=list)
     captions: list[str] = field(default_factory=list)
     name: str = ""
+    skipped: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.dtype != np.uint8 or self.images.shape[1] != self.images.shape[2]:
@@ -136,16 +157,59 @@ def _check_channels(channels: int) -> None:
         raise ValueError(f"data.channels must be 1 (grayscale) or 3 (RGB), got {channels}")
 
 
-def _open_image(path: Path, where: str) -> Image.Image:
-    """Open and fully decode an image, naming the file (and the row) when that fails."""
+class _BadInput:
+    """The ``on_bad`` policy at work: raise the error, or list the fault and go on."""
+
+    def __init__(self, on_bad: str) -> None:
+        if on_bad not in BAD_INPUT_POLICIES:
+            raise ValueError(f"data.on_bad must be one of {BAD_INPUT_POLICIES}, got {on_bad!r}")
+        self.on_bad = on_bad
+        self.skipped: list[dict] = []
+
+    def reject(self, error: Exception, reason: str, **where: Any) -> None:
+        if self.on_bad == "error":
+            raise error
+        self.skipped.append({**where, "reason": reason})
+
+    def check_some_left(self, kept: int, name: str) -> None:
+        if not kept and self.skipped:
+            first = self.skipped[0]
+            raise ValueError(
+                f"every image of {name} is bad ({len(self.skipped)} skipped, e.g. {first}); fix the data or point "
+                "the data configuration at another source"
+            )
+
+
+def _read_image(path: Path) -> tuple[Image.Image | None, str]:
+    """Open and fully decode an image: ``(image, "")``, or ``(None, reason)`` when the file is bad."""
     if not path.is_file():
-        raise FileNotFoundError(f"{where}: image file {path} does not exist")
+        return None, "image file does not exist"
+    if path.stat().st_size == 0:
+        return None, "empty (0-byte) file"
     try:
         with Image.open(path) as image:
             image.load()
-            return image.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"{where}: cannot read image {path} ({e}); remove or replace the file") from e
+            image = image.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        # UnidentifiedImageError: not an image (e.g. text renamed .png); OSError: truncated or corrupt data
+        return None, f"unreadable image ({type(e).__name__}: {e})"
+    if image.mode in ("F", "I") and not np.isfinite(np.asarray(image, dtype=np.float64)).all():
+        # Float TIFFs can hold NaN/inf; converting them to 8 bits gives arbitrary pixels, not an error.
+        return None, "non-finite pixel values (NaN or inf)"
+    return image, ""
+
+
+def _open_image(path: Path, where: str, bad: _BadInput, **entry: Any) -> Image.Image | None:
+    """The decoded image, or None when it is bad and ``bad`` skips (the error names ``where`` and the file)."""
+    image, reason = _read_image(path)
+    if image is not None:
+        return image
+    if reason == "image file does not exist":
+        error: Exception = FileNotFoundError(f"{where}: image file {path} does not exist; fix the path{_SKIP_HINT}")
+    else:
+        error = ValueError(f"{where}: cannot read image {path}: {reason}; remove or replace the file{_SKIP_HINT}")
+    bad.reject(error, reason, **entry, file=str(path))
+    return None
 
 
 def digit_captions(label: int, seed: int, index: int) -> str:
@@ -209,10 +273,13 @@ def load_folder_source(
     interpolation: str = "bicubic",
     caption_template: str = "a photo of a {name}",
     limit: int | None = None,
+    on_bad: str = "error",
 ) -> ImageSource:
     """An image folder with one sub-folder per class (``root/<class name>/*.png``); classes sorted by name.
 
-    Captions come from ``caption_template`` with the class name (underscores read as spaces).
+    Captions come from ``caption_template`` with the class name (underscores read as spaces). Bad image files
+    raise (``on_bad="error"``) or are skipped and listed (``on_bad="skip"``); a class folder without any image
+    file raises either way. ``limit`` counts the images kept.
 
     Examples
     --------
@@ -226,6 +293,7 @@ def load_folder_source(
     (['cat', 'dog'], 'a photo of a dog', (2, 8, 8, 3))
     """
     _check_channels(channels)
+    bad = _BadInput(on_bad)
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist (set data.root to a folder of class folders)")
@@ -245,11 +313,14 @@ def load_folder_source(
         for path in files:
             if limit is not None and len(records) >= limit:
                 break
-            image = _open_image(path, f"class {class_dir.name!r}")
+            image = _open_image(path, f"class {class_dir.name!r}", bad)
+            if image is None:
+                continue
             images.append(_to_array(resize_square(image, canvas, interpolation), channels))
             records.append(_record(label, caption_template.format(name=name), len(records), image))
+    bad.check_some_left(len(records), f"folder {root}")
     prompts = [[caption_template.format(name=n)] for n in names]
-    return ImageSource(np.stack(images), records, names, prompts, name=f"folder {root}")
+    return ImageSource(np.stack(images), records, names, prompts, name=f"folder {root}", skipped=bad.skipped)
 
 
 def _record(label: int, caption: str, source: int, image: Image.Image) -> dict:
@@ -262,22 +333,76 @@ def _record(label: int, caption: str, source: int, image: Image.Image) -> dict:
     }
 
 
-def _read_table(path: Path) -> list[dict]:
+def read_caption_table(path: str | Path) -> list[dict]:
+    """The rows of a caption table: CSV / TSV with a header row, or JSON lines (one object per line).
+
+    Values are returned exactly as written (CSV values are strings; quoted CSV fields may hold commas, quotes and
+    newlines). A UTF-8 byte-order mark is ignored; blank JSON lines are skipped.
+
+    Raises
+    ------
+    FileNotFoundError
+        The file does not exist.
+    ValueError
+        Another suffix than .csv / .tsv / .jsonl / .json, text that is not UTF-8, a JSON line that is not a JSON
+        object, a CSV row with more or fewer fields than the header, or CSV the parser rejects. The message names
+        the file and the line or row.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> table = Path(tempfile.mkdtemp()) / "t.csv"
+    >>> _ = table.write_text('image,caption\\na.png,"red, say ""hi"" twice"\\n', encoding="utf-8")
+    >>> read_caption_table(table)
+    [{'image': 'a.png', 'caption': 'red, say "hi" twice'}]
+    """
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"caption table {path} does not exist (set data.table)")
-    if path.suffix.lower() in (".jsonl", ".json"):
-        rows = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except ValueError as e:
-                    raise ValueError(f"{path} line {number} is not valid JSON: {e}") from e
-        return rows
-    if path.suffix.lower() in (".csv", ".tsv"):
-        with open(path, newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
-    raise ValueError(f"caption table {path} must be .csv, .tsv or .jsonl")
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".json", ".csv", ".tsv"):
+        raise ValueError(f"caption table {path} must be .csv, .tsv or .jsonl")
+    try:
+        # newline="": no newline translation, so a "\r" inside a quoted CSV field survives; -sig: spreadsheet
+        # exports often start with a byte-order mark.
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"caption table {path} is not UTF-8 text ({e}); re-save it as UTF-8") from e
+    if suffix in (".jsonl", ".json"):
+        return _parse_json_lines(text, path)
+    return _parse_csv(text, path, delimiter="\t" if suffix == ".tsv" else ",")
+
+
+def _parse_json_lines(text: str, path: Path) -> list[dict]:
+    rows = []
+    # Split on "\n" only: str.splitlines() also breaks at U+2028, U+0085 etc., which JSON strings may hold raw.
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"{path} line {number} is not valid JSON: {e}") from e
+        if not isinstance(row, dict):
+            raise ValueError(f"{path} line {number} is not a JSON object but {type(row).__name__}: {line[:80]!r}")
+        rows.append(row)
+    return rows
+
+
+def _parse_csv(text: str, path: Path, delimiter: str) -> list[dict]:
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    rows = []
+    try:
+        for row in reader:
+            if None in row:  # DictReader's key for fields beyond the header
+                raise ValueError(f"{path} line {reader.line_num}: more fields than the header {reader.fieldnames}")
+            if any(value is None for value in row.values()):  # DictReader's value for missing trailing fields
+                raise ValueError(f"{path} line {reader.line_num}: fewer fields than the header {reader.fieldnames}")
+            rows.append(row)
+    except csv.Error as e:
+        raise ValueError(f"{path} line {reader.line_num} is not valid CSV: {e}") from e
+    return rows
 
 
 def load_table_source(
@@ -291,11 +416,14 @@ def load_table_source(
     channels: int = 3,
     interpolation: str = "bicubic",
     limit: int | None = None,
+    on_bad: str = "error",
 ) -> ImageSource:
-    """An image + caption table (CSV/TSV with a header, or JSON lines), CC3M-style.
+    """An image + caption table (CSV/TSV with a header, or JSON lines: :func:`read_caption_table`), CC3M-style.
 
     Image paths are relative to ``image_root`` (default: the table's folder). ``label_column`` (optional) holds
-    class names or ids; classes are then their sorted distinct values.
+    class names or ids; classes are then the sorted distinct values of the rows kept. Rows with an empty caption,
+    no image path, or a bad image file raise (``on_bad="error"``, naming the row) or are skipped and listed
+    (``on_bad="skip"``); a table without the named columns raises either way. ``limit`` counts rows read.
 
     Examples
     --------
@@ -308,8 +436,9 @@ def load_table_source(
     ('a blue square', -1, ['a blue square'])
     """
     _check_channels(channels)
+    bad = _BadInput(on_bad)
     path = Path(table)
-    rows = _read_table(path)
+    rows = read_caption_table(path)
     if not rows:
         raise ValueError(f"caption table {path} has no rows")
     wanted = [c for c in (image_column, caption_column, label_column) if c is not None]
@@ -321,22 +450,36 @@ def load_table_source(
             )
     root = Path(image_root) if image_root is not None else path.parent
     rows = rows[:limit] if limit is not None else rows
-    label_values = sorted({str(r[label_column]) for r in rows}) if label_column else []
-    label_index = {v: i for i, v in enumerate(label_values)}
     canvas = int(resolution) + int(crop_margin)
-    images, records = [], []
+    images, records, labels = [], [], []
     for number, row in enumerate(rows, start=1):
         where = f"{path} row {number}"
-        caption = row.get(caption_column)
+        caption, image_name = row.get(caption_column), row.get(image_column)
         if not isinstance(caption, str) or not caption.strip():
-            raise ValueError(f"{where}: empty caption in column {caption_column!r}; fill it or drop the row")
-        image = _open_image(root / str(row[image_column]), where)
+            error = ValueError(f"{where}: empty caption in column {caption_column!r}; fill it or drop the row"
+                               f"{_SKIP_HINT}")
+            bad.reject(error, f"empty caption in column {caption_column!r}", row=number)
+            continue
+        if image_name is None or not str(image_name).strip():
+            error = ValueError(f"{where}: no image path in column {image_column!r}; fill it or drop the row"
+                               f"{_SKIP_HINT}")
+            bad.reject(error, f"no image path in column {image_column!r}", row=number)
+            continue
+        image = _open_image(root / str(image_name), where, bad, row=number)
+        if image is None:
+            continue
         images.append(_to_array(resize_square(image, canvas, interpolation), channels))
-        label = label_index[str(row[label_column])] if label_column else -1
-        records.append(_record(label, caption.strip(), len(records), image))
+        labels.append(str(row.get(label_column)) if label_column else None)
+        records.append(_record(-1, caption.strip(), len(records), image))
+    bad.check_some_left(len(records), f"table {path}")
+    label_values = sorted(set(labels)) if label_column else []
+    label_index = {v: i for i, v in enumerate(label_values)}
+    for record, value in zip(records, labels):
+        record["label"] = label_index[value] if label_column else -1
     prompts = [[r["caption"] for r in records if r["label"] == i][:8] for i in range(len(label_values))]
     captions = list(dict.fromkeys(r["caption"] for r in records))
-    return ImageSource(np.stack(images), records, label_values, prompts, captions, name=f"table {path}")
+    return ImageSource(np.stack(images), records, label_values, prompts, captions, name=f"table {path}",
+                       skipped=bad.skipped)
 
 
 def load_hf_source(
@@ -354,6 +497,7 @@ def load_hf_source(
     channels: int = 3,
     interpolation: str = "bicubic",
     limit: int | None = None,
+    on_bad: str = "error",
 ) -> ImageSource:
     """A Hugging Face ``datasets`` image dataset (ImageNet-1K: ``imagenet-1k``; CC3M-style caption sets).
 
@@ -361,7 +505,10 @@ def load_hf_source(
     name is used in captions); captions from ``caption_column`` or, without one, from ``caption_template``.
     ``split`` accepts slicing (``"train[:5000]"``); ``data_dir`` points a builder such as ``imagefolder`` at local
     files. Needs the optional ``datasets`` package and, for gated sets such as ImageNet, a logged-in hub account.
+    Rows whose image cannot be decoded, holds no image or non-finite pixels, or whose caption is empty raise
+    (``on_bad="error"``) or are skipped and listed (``on_bad="skip"``).
     """
+    bad = _BadInput(on_bad)
     try:
         datasets = importlib.import_module("datasets")
     except ImportError as e:
@@ -392,24 +539,67 @@ def load_hf_source(
         names = [n.split(",")[0].strip() for n in getattr(feature, "names", [])]
     canvas = int(resolution) + int(crop_margin)
     images, records = [], []
-    for i, row in enumerate(dataset):
+    for i in range(len(dataset)):
+        where = f"dataset {name!r} row {i}"
+        try:
+            row = dataset[i]  # decodes the image: a corrupt file fails here
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            reason = f"unreadable image ({type(e).__name__}: {e})"
+            bad.reject(ValueError(f"{where}: {reason}{_SKIP_HINT}"), reason, row=i)
+            continue
         image = row[image_column]
         if not isinstance(image, Image.Image):
-            raise ValueError(f"dataset {name!r} row {i}: column {image_column!r} holds no image")
+            reason = f"column {image_column!r} holds no image"
+            bad.reject(ValueError(f"{where}: {reason}{_SKIP_HINT}"), reason, row=i)
+            continue
+        if image.mode in ("F", "I") and not np.isfinite(np.asarray(image, dtype=np.float64)).all():
+            reason = "non-finite pixel values (NaN or inf)"
+            bad.reject(ValueError(f"{where}: {reason}{_SKIP_HINT}"), reason, row=i)
+            continue
         label = int(row[label_column]) if label_column is not None else -1
         if caption_column is not None:
             caption = row[caption_column]
             if not isinstance(caption, str) or not caption.strip():
-                raise ValueError(f"dataset {name!r} row {i}: empty caption in column {caption_column!r}")
+                reason = f"empty caption in column {caption_column!r}"
+                bad.reject(ValueError(f"{where}: {reason}{_SKIP_HINT}"), reason, row=i)
+                continue
         else:
             caption = caption_template.format(name=names[label] if names else label)
         images.append(_to_array(resize_square(image, canvas, interpolation), channels))
-        records.append(_record(label, caption.strip(), i, image))
+        records.append(_record(label, caption.strip(), len(records), image))
+    bad.check_some_left(len(records), f"dataset {name!r}")
     if not names and label_column is not None:
         names = [str(v) for v in range(max(r["label"] for r in records) + 1)]
     prompts = [[caption_template.format(name=n)] for n in names] if caption_column is None else [
         [r["caption"] for r in records if r["label"] == k][:8] for k in range(len(names))
     ]
     captions = list(dict.fromkeys(r["caption"] for r in records))[:1000]
-    return ImageSource(np.stack(images), records, names, prompts, captions, name=f"hf {name}:{split}")
+    return ImageSource(np.stack(images), records, names, prompts, captions, name=f"hf {name}:{split}",
+                       skipped=bad.skipped)
 
+
+
+def report_skipped(source: ImageSource, run_dir: str | os.PathLike | None = None) -> Path | None:
+    """Count the skipped images of ``source`` in the log (one warning) and list them in ``run_dir``.
+
+    Writes ``{"count": n, "images": [...]}`` atomically to ``<run_dir>/skipped_images.json`` (also when nothing
+    was skipped, so a run folder always says how many were left out) and returns its path; without ``run_dir``
+    only the warning is given.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> bad = [{"file": "a.png", "reason": "empty (0-byte) file"}]
+    >>> src = ImageSource(np.zeros((1, 4, 4, 1), np.uint8), [{"label": -1}], skipped=bad)
+    >>> report_skipped(src, tempfile.mkdtemp()).name
+    'skipped_images.json'
+    """
+    from robust_gen.training.run_dir import write_json
+
+    path = Path(run_dir) / SKIPPED_IMAGES_FILE if run_dir is not None else None
+    if path is not None:
+        write_json(path, {"count": len(source.skipped), "images": source.skipped})
+    if source.skipped:
+        log.warning("skipped %d bad image(s) of %s (data.on_bad=skip); see %s", len(source.skipped), source.name,
+                    path if path is not None else "ImageSource.skipped")
+    return path
