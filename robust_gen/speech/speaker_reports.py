@@ -1,0 +1,232 @@
+"""Summaries and report files of speaker similarity (pseudo-Huber paper, Figures 3-4).
+
+:func:`similarity_stats` summarises centroid similarities (mean, std, counts below thresholds);
+:func:`per_step_table` groups them per run and training step; :func:`resilience_table` subtracts the clean
+run's mean at the same step. :func:`write_reports` writes the per-file CSV, the JSON summary, the step and
+resilience tables and :func:`plot_similarity_over_steps`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from robust_gen.training.run_dir import atomic_write_text, write_json
+
+__all__ = [
+    "CSV_NAME",
+    "DEFAULT_THRESHOLDS",
+    "JSON_NAME",
+    "PLOT_NAME",
+    "RESILIENCE_CSV",
+    "STEPS_CSV",
+    "SampleScore",
+    "SimilarityResult",
+    "per_step_table",
+    "plot_similarity_over_steps",
+    "resilience_table",
+    "similarity_stats",
+    "threshold_key",
+    "write_reports",
+]
+
+DEFAULT_THRESHOLDS = (0.25, 0.5, 0.75)
+CSV_NAME, JSON_NAME = "speaker_similarity.csv", "speaker_similarity.json"
+STEPS_CSV, RESILIENCE_CSV, PLOT_NAME = "per_step.csv", "resilience.csv", "similarity_over_steps.png"
+
+
+@dataclass(frozen=True)
+class SampleScore:
+    """Similarity of one synthesized file to its speaker's references."""
+
+    file: str
+    speaker: str
+    run: str
+    step: int | None
+    centroid_similarity: float
+    mean_pairwise_similarity: float
+
+
+def threshold_key(threshold: float) -> str:
+    """JSON key of a threshold (``0.25`` -> ``"0.25"``)."""
+    return f"{threshold:.4g}"
+
+
+def similarity_stats(scores: Sequence[SampleScore], thresholds: Sequence[float]) -> dict:
+    """Count, mean, sample std (ddof 1), min, max of the centroid similarity, the pairwise mean, and the
+    number of samples strictly below each threshold (the pseudo-Huber paper's Figure 4).
+
+    Examples
+    --------
+    >>> s = [SampleScore("f", "a", "", None, v, v) for v in (0.2, 0.6, 0.8)]
+    >>> stats = similarity_stats(s, [0.25, 0.7])
+    >>> stats["count"], round(stats["mean"], 4), stats["below"]
+    (3, 0.5333, {'0.25': 1, '0.7': 2})
+    """
+    values = torch.tensor([s.centroid_similarity for s in scores], dtype=torch.float64)
+    pairwise = torch.tensor([s.mean_pairwise_similarity for s in scores], dtype=torch.float64)
+    count = len(scores)
+    return {
+        "count": count,
+        "mean": float(values.mean()) if count else math.nan,
+        "std": float(values.std()) if count > 1 else 0.0,
+        "min": float(values.min()) if count else math.nan,
+        "max": float(values.max()) if count else math.nan,
+        "pairwise_mean": float(pairwise.mean()) if count else math.nan,
+        "pairwise_std": float(pairwise.std()) if count > 1 else 0.0,
+        "below": {threshold_key(t): int((values < t).sum()) for t in thresholds},
+    }
+
+
+def per_step_table(scores: Sequence[SampleScore], thresholds: Sequence[float]) -> list[dict]:
+    """One row per (run, step): the statistics of :func:`similarity_stats`, sorted by run then step."""
+    groups: dict[tuple[str, int | None], list[SampleScore]] = defaultdict(list)
+    for score in scores:
+        groups[(score.run, score.step)].append(score)
+    order = sorted(groups, key=lambda key: (key[0], -1 if key[1] is None else key[1]))
+    return [
+        {"run": run, "step": step, **similarity_stats(groups[(run, step)], thresholds)} for run, step in order
+    ]
+
+
+def resilience_table(per_step: Sequence[dict], clean_run: str) -> list[dict]:
+    """Resilience per run and step: mean similarity of the run minus that of the clean run at the same step.
+
+    Examples
+    --------
+    >>> rows = [{"run": "clean", "step": 10, "mean": 0.8}, {"run": "l2", "step": 10, "mean": 0.6},
+    ...         {"run": "l2", "step": 20, "mean": 0.5}]
+    >>> [(r["run"], r["step"], round(r["resilience"], 3)) for r in resilience_table(rows, "clean")]
+    [('l2', 10, -0.2)]
+    """
+    clean = {row["step"]: row["mean"] for row in per_step if row["run"] == clean_run}
+    if not clean:
+        raise ValueError(f"the clean run {clean_run!r} has no scored samples")
+    rows = [
+        {"run": row["run"], "step": row["step"], "mean": row["mean"], "clean_mean": clean[row["step"]],
+         "resilience": row["mean"] - clean[row["step"]]}
+        for row in per_step
+        if row["run"] != clean_run and row["step"] in clean
+    ]  # fmt: skip
+    if not rows:
+        others = sorted({(r["run"], r["step"]) for r in per_step if r["run"] != clean_run}, key=str)
+        raise ValueError(
+            f"no step in common with the clean run {clean_run!r} (clean steps {sorted(clean, key=str)}, "
+            f"others {others}); synthesize at the same checkpoints"
+        )
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------
+# Result and files.
+
+
+@dataclass
+class SimilarityResult:
+    """Everything :func:`evaluate_speaker_similarity` computed, and the files it wrote."""
+
+    scores: list[SampleScore]
+    skipped: list[dict]
+    summary: dict
+    per_step: list[dict]
+    resilience: list[dict] = field(default_factory=list)
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def _csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
+    return buffer.getvalue()
+
+
+def write_reports(result: SimilarityResult, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write the per-file CSV, the JSON summary and, for several steps or runs, the step table and plot."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"csv": out / CSV_NAME, "json": out / JSON_NAME}
+    columns = ["file", "speaker", "run", "step", "centroid_similarity", "mean_pairwise_similarity"]
+    atomic_write_text(files["csv"], _csv_text([asdict(s) for s in result.scores], columns))
+    thresholds = result.summary["thresholds"]
+    if len(result.per_step) > 1 or any(row["step"] is not None for row in result.per_step):
+        flat = [{**{k: v for k, v in row.items() if k != "below"},
+                 **{f"below_{k}": v for k, v in row["below"].items()}} for row in result.per_step]  # fmt: skip
+        step_columns = ["run", "step", "count", "mean", "std", "pairwise_mean", "min", "max"]
+        step_columns += [f"below_{threshold_key(t)}" for t in thresholds]
+        files["per_step"] = out / STEPS_CSV
+        atomic_write_text(files["per_step"], _csv_text(flat, step_columns))
+        if plot_similarity_over_steps(result, out / PLOT_NAME):
+            files["plot"] = out / PLOT_NAME
+    if result.resilience:
+        files["resilience"] = out / RESILIENCE_CSV
+        columns = ["run", "step", "mean", "clean_mean", "resilience"]
+        atomic_write_text(files["resilience"], _csv_text(result.resilience, columns))
+    result.summary["files"] = {k: p.name for k, p in files.items()}
+    write_json(files["json"], _json_safe(result.summary))
+    return files
+
+
+def _json_safe(value):
+    """NaN -> None, so the summary is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def plot_similarity_over_steps(result: SimilarityResult, path: str | os.PathLike) -> bool:
+    """Mean similarity (± std) against training step, one line per run, the clean run dashed, and the
+    resilience below when there is a clean run (the pseudo-Huber paper's Figure 3). False if no step."""
+    from matplotlib.figure import Figure
+
+    rows = [row for row in result.per_step if row["step"] is not None]
+    if not rows:
+        return False
+    clean = result.summary.get("clean_run")
+    figure = Figure(figsize=(7, 6.5 if result.resilience else 4), layout="constrained")
+    axes = figure.subplots(2 if result.resilience else 1, 1, squeeze=False)[:, 0]
+    colors = {}
+    for run in sorted({row["run"] for row in rows}):
+        series = sorted((row for row in rows if row["run"] == run), key=lambda row: row["step"])
+        steps = [row["step"] for row in series]
+        mean = torch.tensor([row["mean"] for row in series])
+        std = torch.tensor([row["std"] for row in series])
+        label = run or "samples"
+        if run == clean and "clean" not in run.lower():
+            label += " (clean)"
+        (line,) = axes[0].plot(steps, mean, marker="o", linestyle="--" if run == clean else "-", label=label)
+        axes[0].fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+        colors[run] = line.get_color()
+    calibrated = result.summary.get("calibrated_threshold")
+    if calibrated is not None:
+        axes[0].axhline(calibrated, color="gray", linewidth=0.8, linestyle=":", label="calibrated threshold")
+    axes[0].set(
+        xlabel="training step", ylabel="speaker similarity (cosine)", title="Speaker similarity over training"
+    )
+    axes[0].legend(fontsize="small")
+    if result.resilience:
+        for run in sorted({row["run"] for row in result.resilience}):
+            series = [r for r in result.resilience if r["run"] == run and r["step"] is not None]
+            series.sort(key=lambda r: r["step"])
+            axes[1].plot(
+                [r["step"] for r in series], [r["resilience"] for r in series], marker="o", label=run,
+                color=colors.get(run),
+            )  # fmt: skip
+        axes[1].axhline(0.0, color="gray", linewidth=0.8)
+        axes[1].set(xlabel="training step", ylabel="resilience (run - clean)")
+        axes[1].legend(fontsize="small")
+    figure.savefig(path, dpi=120)
+    return True
