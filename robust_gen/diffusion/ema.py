@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-__all__ = ["EMA"]
+__all__ = ["EMA", "averaged_weights"]
 
 
 class EMA(AveragedModel):
@@ -70,3 +70,16 @@ class EMA(AveragedModel):
         super().train(mode)
         self.module.eval()
         return self
+
+
+def averaged_weights(ema_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The averaged module's own state dict from an :class:`EMA` state dict (drops the ``module.`` prefix and
+    AveragedModel's ``n_averaged`` counter), ready for ``module.load_state_dict``.
+
+    Examples
+    --------
+    >>> ema = EMA(torch.nn.Linear(2, 2), decay=0.9)
+    >>> sorted(averaged_weights(ema.state_dict()))
+    ['bias', 'weight']
+    """
+    return {k.removeprefix("module."): v for k, v in ema_state.items() if k != "n_averaged"}

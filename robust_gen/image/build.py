@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from robust_gen.conditioning import ConditionalEmbeddingPerturbation
+from robust_gen.diffusion.ema import averaged_weights
 from robust_gen.diffusion.objective import DiffusionObjective
 from robust_gen.image.autoencoder import ImageAutoencoder, build_autoencoder, load_pretrained
 from robust_gen.image.conditioners import build_conditioner
@@ -251,7 +252,7 @@ def load_run(
     ckpt = resolve_checkpoint(run_dir, step=checkpoint)
     state, step = ckpt.tensors[weights], ckpt.step
     if weights == "ema":  # AveragedModel's state: "module." prefixes and a step counter
-        state = {k.removeprefix("module."): v for k, v in state.items() if k != "n_averaged"}
+        state = averaged_weights(state)
     task = build_task(cfg, meta)
     task.load_state_dict(state)
     task.to(device).eval()

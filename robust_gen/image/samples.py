@@ -145,8 +145,8 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
 def digits_references(image_size: int = 32) -> SampleSet:
     """scikit-learn's 1797 handwritten digits (8x8, values 0..16, 10 classes) as uint8 ``[N, S, S, 1]``.
 
-    Upscaled with bilinear interpolation (align_corners=False), the same way the image recipe's embedded data
-    is built, so references and training data match.
+    Built by the image recipe's own loader (:func:`robust_gen.image.sources.load_digits_source` with the recipe's
+    default bilinear resize), so references and training data are the same pixels.
 
     Examples
     --------
@@ -154,13 +154,11 @@ def digits_references(image_size: int = 32) -> SampleSet:
     >>> refs.images.shape, refs.images.dtype, int(refs.labels.max())
     ((1797, 32, 32, 1), dtype('uint8'), 9)
     """
-    from sklearn.datasets import load_digits
+    from robust_gen.image.sources import load_digits_source
 
-    digits = load_digits()
-    x = torch.from_numpy(digits.images).float().unsqueeze(1) / 16.0
-    x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    images = (x * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return SampleSet(images, digits.target.astype(np.int64), source="sklearn:load_digits")
+    source = load_digits_source(resolution=image_size, interpolation="bilinear")
+    labels = np.array([r["label"] for r in source.records], dtype=np.int64)
+    return SampleSet(source.images, labels, source="sklearn:load_digits")
 
 
 def _load_image_folder(root: Path, image_size: int) -> SampleSet:

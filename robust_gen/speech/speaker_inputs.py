@@ -17,7 +17,7 @@ import json
 import os
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,20 +97,18 @@ def _expand(spec: str | os.PathLike) -> list[Path] | Path:
     return path
 
 
-def _named_items(files: Iterable[Path], skipped: list[dict], run: str, step: int | None) -> list[AudioItem]:
-    items = []
+def _with_speakers(files: Iterable[Path], skipped: list[dict], role: str) -> Iterator[tuple[Path, str]]:
+    """``(file, speaker)`` for each file whose name tells its speaker; the others are recorded as skipped."""
     for file in files:
         speaker = speaker_from_filename(file)
         if speaker is None:
-            record_skip(
-                skipped,
-                file,
-                "cannot tell the speaker from the file name (expected <speaker>_<i>.wav)",
-                "synthesized",
-            )
+            record_skip(skipped, file, "cannot tell the speaker from the file name (expected <speaker>_<i>.wav)", role)
         else:
-            items.append(AudioItem(file, speaker, run, step))
-    return items
+            yield file, speaker
+
+
+def _named_items(files: Iterable[Path], skipped: list[dict], run: str, step: int | None) -> list[AudioItem]:
+    return [AudioItem(file, speaker, run, step) for file, speaker in _with_speakers(files, skipped, "synthesized")]
 
 
 def parse_step(name: str) -> int | None:
@@ -248,17 +246,8 @@ def collect_references(inputs: Sequence[str | os.PathLike]) -> tuple[dict[str, l
     skipped: list[dict] = []
 
     def add_named(files: Iterable[Path]) -> None:
-        for file in files:
-            speaker = speaker_from_filename(file)
-            if speaker is None:
-                record_skip(
-                    skipped,
-                    file,
-                    "cannot tell the speaker from the file name (expected <speaker>_<i>.wav)",
-                    "reference",
-                )
-            else:
-                references[speaker].append(file)
+        for file, speaker in _with_speakers(files, skipped, "reference"):
+            references[speaker].append(file)
 
     for spec in inputs:
         target = _expand(spec)

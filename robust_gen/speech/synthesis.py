@@ -53,6 +53,7 @@ def load_trained(path: str | os.PathLike, *, use_ema: bool = True, device: str =
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from robust_gen.diffusion.ema import averaged_weights
     from robust_gen.training.checkpoint import resolve_checkpoint
     from robust_gen.training.recipe import check_targets
 
@@ -68,8 +69,10 @@ def load_trained(path: str | os.PathLike, *, use_ema: bool = True, device: str =
     check_targets(cfg, source=f"{folder}/config.yaml")  # a config from disk is data: known classes only
     speakers = {str(k): int(v) for k, v in OmegaConf.to_container(cfg.speaker_ids).items()}
     model = instantiate(cfg.model, n_speakers=len(speakers))
-    prefix = "module.model." if use_ema else "model."  # EMA: AveragedModel("module.") of the task ("model.")
-    model.load_state_dict({k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)})
+    if use_ema:
+        weights = averaged_weights(weights)
+    # the checkpoint holds the training task, whose Grad-TTS is its "model." submodule
+    model.load_state_dict({k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")})
     model.to(device).eval()
     return TrainedModel(
         model=model,
