@@ -51,11 +51,15 @@ class ObjectiveOutput:
     prediction: torch.Tensor
 
 
-def batch_mean(per_sample: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+def batch_mean(
+    per_sample: torch.Tensor, weights: torch.Tensor | None = None, *, weight_total: torch.Tensor | None = None
+) -> torch.Tensor:
     """Average per-sample losses over the batch: plainly, or weighted (e.g. by each sample's element count).
 
     With ``weights`` equal to each sample's masked element count this reproduces Grad-TTS's normalisation
-    (sum of the masked loss over the batch divided by the total mask size).
+    (sum of the masked loss over the batch divided by the total mask size). ``weight_total`` replaces the
+    denominator: a data-parallel shard passes the global weight sum divided by the number of shards, so that the
+    shards' averaged gradients equal those of the whole batch.
 
     Examples
     --------
@@ -69,7 +73,8 @@ def batch_mean(per_sample: torch.Tensor, weights: torch.Tensor | None = None) ->
     if weights is None:
         return per_sample.mean()
     weights = weights.to(per_sample.dtype)
-    return (per_sample * weights).sum() / weights.sum().clamp(min=torch.finfo(per_sample.dtype).tiny)
+    total = weights.sum() if weight_total is None else weight_total.to(per_sample.dtype)
+    return (per_sample * weights).sum() / total.clamp(min=torch.finfo(per_sample.dtype).tiny)
 
 
 def convert_prediction(

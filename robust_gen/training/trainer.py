@@ -240,14 +240,13 @@ class Trainer:
         total, logged = None, {}
         for name, term in terms.items():
             if isinstance(term, LossTerm):
-                weights = term.weights
-                if weights is not None and self.accelerator.num_processes > 1:
+                weight_total = None
+                if term.weights is not None and self.accelerator.num_processes > 1:
                     # Element-weighted means must divide by the GLOBAL weight, or shards with short samples
                     # would count for more than one process would let them.
-                    global_sum = self.accelerator.reduce(weights.detach().sum(), reduction="sum")
-                    value = (term.values * weights).sum() * self.accelerator.num_processes / global_sum
-                else:
-                    value = batch_mean(term.values, weights)
+                    global_sum = self.accelerator.reduce(term.weights.detach().sum(), reduction="sum")
+                    weight_total = global_sum / self.accelerator.num_processes
+                value = batch_mean(term.values, term.weights, weight_total=weight_total)
                 total = term.scale * value if total is None else total + term.scale * value
                 logged[f"loss/{name}"] = value.detach()
             else:
