@@ -42,6 +42,7 @@ __all__ = [
     "flatten",
     "format_value",
     "loss_method",
+    "plot_bars",
     "plot_metric",
     "read_run",
     "read_run_series",
@@ -494,13 +495,61 @@ def plot_metric(
     return path
 
 
+def plot_bars(
+    rows: Sequence[Mapping[str, Any]],
+    x: str,
+    metrics: Sequence[str],
+    path: str | Path,
+    *,
+    title: str = "",
+    ylabel: str | None = None,
+) -> Path:
+    """Grouped bars for a categorical ``x`` (e.g. the control mode): one group per value of ``x``, one bar per
+    metric (mean, ±std error bar where n > 1), the form used to compare conditions side by side.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> rows = [{"m": m, "a.mean": 0.5, "a.std": 0.1, "b.mean": 0.4, "b.std": None} for m in ("x", "y")]
+    >>> plot_bars(rows, "m", ["a", "b"], pathlib.Path(tempfile.mkdtemp()) / "f.png").stat().st_size > 0
+    True
+    """
+    from matplotlib.figure import Figure
+
+    groups = [str(r.get(x)) for r in rows]
+    width = 0.8 / max(len(metrics), 1)
+    fig = Figure(figsize=(5.2, 3.6))
+    ax = fig.subplots()
+    for i, metric in enumerate(metrics):
+        means = [_number(r.get(f"{metric}.mean")) for r in rows]
+        stds = [_number(r.get(f"{metric}.std")) for r in rows]
+        positions = [g + (i - (len(metrics) - 1) / 2) * width for g in range(len(rows))]
+        ax.bar(
+            positions, [math.nan if m is None else m for m in means], width,
+            yerr=[0.0 if s is None or math.isnan(s) else s for s in stds], capsize=3, label=metric,
+        )  # fmt: skip
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_xlabel(x)
+    ax.set_ylabel(ylabel or ", ".join(metrics))
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
 @dataclass(frozen=True)
 class StudySpec:
     """What a study's report shows.
 
     ``by``: the method and setting keys a table row stands for (seeds are aggregated); ``x``: the plot's x axis
     (one of ``by``); ``metrics``: result keys tabulated and plotted against ``x``; ``series_metrics``: per-step
-    keys plotted against the training step (:func:`read_run_series`); ``x_scale``: 100 shows ratios in percent.
+    keys plotted against the training step (:func:`read_run_series`); ``x_scale``: 100 shows ratios in percent;
+    ``bar_groups``: for a categorical ``x``, metrics drawn side by side as grouped bars (one PNG per group).
     """
 
     title: str
@@ -512,6 +561,7 @@ class StudySpec:
     xlabel: str = ""
     notes: str = ""
     extra_by: tuple[str, ...] = field(default=())
+    bar_groups: tuple[tuple[str, ...], ...] = ()
 
     @property
     def hue(self) -> tuple[str, ...]:
@@ -558,6 +608,8 @@ STUDIES: dict[str, StudySpec] = {
                  "eval.centred.fid", "eval.shifted.fid"),
         notes="Samples with the centred crop condition (tag centred) and with a shifted crop (tag shifted): "
         "a drop of conditional accuracy under the shifted crop means the crop condition changes the class.",
+        bar_groups=(("eval.centred.conditional_accuracy", "eval.shifted.conditional_accuracy"),
+                    ("eval.centred.fid", "eval.shifted.fid")),
     ),
 }  # fmt: skip
 
@@ -602,6 +654,12 @@ def write_study_report(
                 rows, spec.x, metric, out_dir / f"{name}_{metric}.png", hue=hue, title=spec.title,
                 xlabel=spec.xlabel or spec.x, x_scale=spec.x_scale,
             )  # fmt: skip
+    for group in spec.bar_groups if not numeric_x else ():
+        if any(r[f"{metric}.n"] for r in rows for metric in group):
+            suffix = group[0].rsplit(".", 1)[-1]
+            files[f"bars:{suffix}"] = plot_bars(
+                rows, spec.x, group, out_dir / f"{name}_{suffix}.png", title=spec.title, ylabel=suffix
+            )
     if series and spec.series_metrics:
         series_rows = aggregate(series, (*by, "step"), spec.series_metrics)
         files["series_csv"] = write_csv(series_rows, out_dir / f"{name}_series.csv")

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
@@ -19,7 +18,7 @@ from robust_gen.image.conditioners import build_conditioner
 from robust_gen.image.data import CONTROL_NAMES
 from robust_gen.image.denoiser import build_denoiser, count_parameters
 from robust_gen.image.sampling import get_image_sampler
-from robust_gen.training.recipe import CONFIG_ROOT, register_resolvers, trainer_config
+from robust_gen.training.recipe import CONFIG_ROOT, compose_config, register_resolvers, trainer_config
 
 register_resolvers()
 IMAGE = CONFIG_ROOT / "image"
@@ -32,8 +31,7 @@ LATENT = {"ldm4": (3, 64), "dit_xl2": (4, 32), "unet_small": (4, 16)}
 
 
 def _compose(name: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(IMAGE), version_base="1.3"):
-        return compose(name, overrides=overrides)
+    return compose_config("image", name, overrides)
 
 
 @pytest.fixture(scope="module")

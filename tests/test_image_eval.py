@@ -27,7 +27,7 @@ from robust_gen.image.metrics import (
     load_samples,
     resilience,
 )
-from robust_gen.training.recipe import CONFIG_ROOT
+from robust_gen.training.recipe import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN = 800  # the classifier sees digits[:800]; the rest are unseen real digits
@@ -275,10 +275,7 @@ def _load_recipe():
 
 
 def _compose(overrides):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONFIG_ROOT / "image"), version_base="1.3"):
-        return compose("evaluate", overrides=overrides)
+    return compose_config("image", "evaluate", overrides)
 
 
 @pytest.fixture(scope="module")

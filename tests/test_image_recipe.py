@@ -13,12 +13,11 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL
-from hydra import compose, initialize_config_dir
 from PIL import Image
 from safetensors.torch import load_file
 
 from robust_gen.training.metrics import read_metrics
-from robust_gen.training.recipe import CONFIG_ROOT, register_resolvers
+from robust_gen.training.recipe import compose_config, register_resolvers
 
 ROOT = Path(__file__).resolve().parents[1]
 register_resolvers()
@@ -41,8 +40,7 @@ SMALL_AUTOENCODER = ["autoencoder.train.steps=2", "autoencoder.train.batch_size=
 
 
 def _compose(name: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONFIG_ROOT / "image"), version_base="1.3"):
-        return compose(name, overrides=overrides)
+    return compose_config("image", name, overrides)
 
 
 SMALL_UNET = ["model.backbone.block_out_channels=[16,32]", "model.backbone.attention_head_dim=2"]

@@ -149,6 +149,21 @@ def test_study_report_files(sweep: Path, tmp_path: Path) -> None:
     assert files["png:eval.best.fid"].read_bytes()[:8] == PNG_MAGIC
 
 
+def test_conditioning_report_draws_grouped_bars(tmp_path: Path) -> None:
+    records = [
+        {"control.mode": mode, "trainer.seed": seed, "eval.centred.conditional_accuracy": 0.8,
+         "eval.shifted.conditional_accuracy": 0.8 if mode == "disentangled" else 0.5 + 0.01 * seed,
+         "eval.centred.fid": 10.0, "eval.shifted.fid": 12.0}
+        for mode in ("disentangled", "entangled") for seed in (0, 1, 2)
+    ]  # fmt: skip
+    files = write_study_report(records, STUDIES["conditioning"], tmp_path)
+    assert files["bars:conditional_accuracy"].read_bytes()[:8] == PNG_MAGIC
+    assert files["bars:fid"].read_bytes()[:8] == PNG_MAGIC
+    assert not any(kind.startswith("png:") for kind in files)  # no line plot over a categorical axis
+    row = next(line for line in files["md"].read_text().splitlines() if line.startswith("| entangled"))
+    assert "0.51 ± 0.01 (n=3)" in row
+
+
 def _speech_run(root: Path, method: str, seed: int, curve: list[float]) -> Path:
     run = root / f"{method}_{seed}"
     (run / "speaker_sim").mkdir(parents=True)

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from robust_gen.corruption import NoCorruption
@@ -35,7 +34,7 @@ from robust_gen.speech.vocoder import (
 )
 from robust_gen.training.checkpoint import load_latest_checkpoint
 from robust_gen.training.metrics import read_metrics
-from robust_gen.training.recipe import CONFIG_ROOT, register_resolvers
+from robust_gen.training.recipe import compose_config, register_resolvers
 
 REPO = Path(__file__).resolve().parents[1]
 VOICES = "[us_f1,us_m1,gb_f2]"
@@ -88,9 +87,8 @@ def cache_dir(tmp_path_factory):
         os.environ["ROBUST_GEN_CACHE"] = previous
 
 
-def compose_config(name: str = "train", overrides=()):
-    with initialize_config_dir(str(CONFIG_ROOT / "tts"), version_base="1.3"):
-        return compose(name, overrides=list(overrides))
+def _compose(name: str = "train", overrides=()):
+    return compose_config("tts", name, overrides)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +100,7 @@ def recipe():
 def multi_run(cache_dir, recipe, tmp_path_factory):
     """Multi-speaker, l2, no corruption, Griffin-Lim samples: the default recipe at micro size."""
     run_dir = tmp_path_factory.mktemp("multi")
-    summary = recipe.train(compose_config(overrides=SMOKE), run_dir)
+    summary = recipe.train(_compose(overrides=SMOKE), run_dir)
     return run_dir, summary
 
 
@@ -143,7 +141,7 @@ def test_smoke_single_speaker_scheduled_huber_speaker_mix_hifigan(cache_dir, rec
                  "corruption=speaker_mix", "corruption.ratio=0.5", "vocoder.kind=hifigan",
                  f"vocoder.source={vocoder_dir}"]  # fmt: skip
     run_dir = tmp_path / "run"
-    recipe.train(compose_config(overrides=overrides), run_dir)
+    recipe.train(_compose(overrides=overrides), run_dir)
     assert json.loads((run_dir / "speakers.json").read_text()) == {"us_f1": 0}
     manifest = json.loads((run_dir / "corruption_manifest.json").read_text())
     assert manifest["params"]["target"] == "us_f1" and manifest["params"]["contaminant"] == "us_m1"
@@ -160,9 +158,9 @@ def test_smoke_single_speaker_scheduled_huber_speaker_mix_hifigan(cache_dir, rec
 def test_resume_equals_uninterrupted(cache_dir, recipe, tmp_path):
     overrides = [*SMOKE, "samples.texts=[]", "trainer.log_every=1", "trainer.batch_size=2"]
     resumed, straight = tmp_path / "resumed", tmp_path / "straight"
-    recipe.train(compose_config(overrides=[*overrides, "trainer.max_steps=3"]), resumed)
-    recipe.train(compose_config(overrides=[*overrides, "trainer.max_steps=5"]), resumed)
-    recipe.train(compose_config(overrides=[*overrides, "trainer.max_steps=5"]), straight)
+    recipe.train(_compose(overrides=[*overrides, "trainer.max_steps=3"]), resumed)
+    recipe.train(_compose(overrides=[*overrides, "trainer.max_steps=5"]), resumed)
+    recipe.train(_compose(overrides=[*overrides, "trainer.max_steps=5"]), straight)
     a, b = load_latest_checkpoint(resumed / "checkpoints"), load_latest_checkpoint(straight / "checkpoints")
     assert a.step == b.step == 5
     for group in ("model", "ema"):
@@ -189,7 +187,7 @@ def test_hydra_entry_point_and_synthesize_recipe(cache_dir, multi_run, tmp_path,
         ("Good night.", "gb_f2", "gb_f2_0.wav"),
         ("See you soon.", "us_m1", "us_m1_0.wav"),
     ]
-    cfg = compose_config("synthesize", [f"run_dir={run_dir}", "text=Hello.", "speaker=nobody"])
+    cfg = _compose("synthesize", [f"run_dir={run_dir}", "text=Hello.", "speaker=nobody"])
     with pytest.raises(ValueError, match="unknown speaker"):
         synthesize.synthesize(cfg)
 
@@ -210,12 +208,12 @@ def test_train_entry_point_through_hydra(cache_dir, tmp_path, monkeypatch):
 @pytest.mark.parametrize("model", ["gradtts_micro", "gradtts_tiny", "gradtts_paper"])
 @pytest.mark.parametrize("data", ["espeak", "filelist", "ljspeech", "libritts"])
 def test_every_config_composes(cache_dir, data, model):
-    cfg = compose_config(
+    cfg = _compose(
         overrides=[f"data={data}", f"model={model}", "loss=pseudo_huber", "corruption=speaker_mix"]
     )
     assert cfg.data.source == data and "on_bad" in cfg.data
     assert cfg.model._target_ == "robust_gen.speech.gradtts.GradTTS"
-    paper = compose_config(overrides=["+experiment=paper"])
+    paper = _compose(overrides=["+experiment=paper"])
     assert paper.model.decoder_dim == 64 and paper.segment_seconds == 2.0 and paper.trainer.lr == 1e-4
 
 

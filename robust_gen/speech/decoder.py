@@ -27,6 +27,7 @@ import math
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "ConvBlock",
@@ -158,6 +159,11 @@ class ScoreUNet(nn.Module):
         Width of the speaker embedding given to :meth:`forward` (0: single-speaker, two input channels).
     pe_scale:
         Scale of ``t`` in the sinusoidal embedding (Grad-TTS: 1000, for ``t`` in [0, 1]).
+    gradient_checkpointing:
+        In training mode with gradients on, run each resolution level (two ResNet blocks and the attention) under
+        activation checkpointing: only the levels' inputs are stored, the rest is recomputed in the backward pass
+        (about one more forward pass of compute for a fraction of the activation memory). The attribute of the
+        same name can be switched later. Results are unchanged.
 
     Examples
     --------
@@ -177,8 +183,10 @@ class ScoreUNet(nn.Module):
         pe_scale: float = 1000.0,
         attention_heads: int = 4,
         attention_head_dim: int = 32,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.gradient_checkpointing = bool(gradient_checkpointing)
         dim_mults = tuple(int(m) for m in dim_mults)
         if not dim_mults:
             raise ValueError("dim_mults must name at least one resolution")
@@ -261,19 +269,36 @@ class ScoreUNet(nn.Module):
         masks, skips = [mask2d], []
         for block1, block2, attn, downsample in self.downs:
             m = masks[-1]
-            h = block2(block1(h, m, time), m, time)
-            h = attn(h, m)
+            h = self._level(_resnet_resnet_attention, block1, block2, attn, h, m, time)
             skips.append(h)
             h = downsample(h * m)
             masks.append(m[:, :, :, ::2])
         masks.pop()
         m = masks[-1]
-        h = self.mid_block2(self.mid_attention(self.mid_block1(h, m, time), m), m, time)
+        h = self._level(_resnet_attention_resnet, self.mid_block1, self.mid_attention, self.mid_block2, h, m, time)
         for block1, block2, attn, upsample in self.ups:
             m = masks.pop()
             h = torch.cat([h, skips.pop()], dim=1)
-            h = block2(block1(h, m, time), m, time)
-            h = attn(h, m)
+            h = self._level(_resnet_resnet_attention, block1, block2, attn, h, m, time)
             h = upsample(h * m)
         h = self.final_block(h, mask2d)
         return (self.final_conv(h * mask2d) * mask2d).squeeze(1)
+
+    def _level(self, function, *args: torch.Tensor | nn.Module) -> torch.Tensor:
+        """``function(*args)``, under activation checkpointing when it is on and a gradient is being taken."""
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            # Non-reentrant checkpointing (PyTorch's recommended form): correct when some inputs need no gradient
+            # (mask, and time under a frozen embedding) and under autocast. The U-Net has no dropout, so the
+            # recomputed activations equal the discarded ones and the gradients are unchanged.
+            return checkpoint(function, *args, use_reentrant=False)
+        return function(*args)
+
+
+def _resnet_resnet_attention(block1, block2, attention, h, mask, time):
+    """A down / up level of the U-Net: two ResNet blocks, then linear attention."""
+    return attention(block2(block1(h, mask, time), mask, time), mask)
+
+
+def _resnet_attention_resnet(block1, attention, block2, h, mask, time):
+    """The middle of the U-Net: ResNet block, linear attention, ResNet block."""
+    return block2(attention(block1(h, mask, time), mask), mask, time)

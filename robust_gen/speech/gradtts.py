@@ -149,6 +149,9 @@ class GradTTS(nn.Module):
         Noise schedule ``beta(t) = beta_min + (beta_max - beta_min) t`` (0.05, 20).
     output:
         ``"score"`` (the paper's network output, converted to noise as ``eps = -s * std``) or ``"eps"``.
+    gradient_checkpointing:
+        Recompute the decoder U-Net's activations in the backward pass instead of storing them (training mode
+        only; see :class:`~robust_gen.speech.decoder.ScoreUNet`): less memory for longer crops or bigger batches.
 
     Examples
     --------
@@ -187,6 +190,7 @@ class GradTTS(nn.Module):
         beta_min: float = 0.05,
         beta_max: float = 20.0,
         output: str = "score",
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if n_speakers < 1:
@@ -222,6 +226,7 @@ class GradTTS(nn.Module):
             pe_scale=pe_scale,
             attention_heads=decoder_attention_heads,
             attention_head_dim=decoder_attention_head_dim,
+            gradient_checkpointing=gradient_checkpointing,
         )
         self.schedule = ContinuousVP(beta_min, beta_max)
         self.frame_multiple = 2**self.decoder.num_downsamplings

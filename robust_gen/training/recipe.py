@@ -10,7 +10,7 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ __all__ = [
     "SAFE_TARGET_PREFIXES",
     "apply_corruption",
     "check_targets",
+    "compose_config",
     "load_run_config",
     "lock_run",
     "register_resolvers",
@@ -152,6 +153,23 @@ def check_targets(cfg: Any, allowed: tuple[str, ...] = SAFE_TARGET_PREFIXES, *, 
                 walk(value, f"{where}[{i}]")
 
     walk(container, "")
+
+
+def compose_config(recipe: str, name: str = "train", overrides: Sequence[str] = ()) -> DictConfig:
+    """The config a recipe's ``<name>.py`` would see, composed by Hydra from ``configs/<recipe>/<name>.yaml`` with
+    command-line style ``overrides`` (for tools, benchmarks and tests that build a recipe's objects in-process).
+
+    Examples
+    --------
+    >>> cfg = compose_config("image", overrides=["model=dit_tiny"])
+    >>> cfg.model.arch, cfg.trainer.fsdp
+    ('dit', False)
+    """
+    from hydra import compose, initialize_config_dir
+
+    register_resolvers()  # the recipes' interpolations, and Hydra's searchpath to configs/shared
+    with initialize_config_dir(config_dir=str(CONFIG_ROOT / recipe), version_base="1.3"):
+        return compose(name, overrides=list(overrides))
 
 
 def load_run_config(run_dir: str | Path) -> DictConfig:

@@ -13,6 +13,8 @@ would have taken.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import math
 import signal
@@ -25,20 +27,32 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration
+from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from robust_gen.diffusion.ema import EMA
+from robust_gen.diffusion.ema import EMA, averaged_weights
 from robust_gen.diffusion.objective import batch_mean
 from robust_gen.diffusion.randomness import BatchGenerator
 from robust_gen.training.checkpoint import load_latest_checkpoint, save_checkpoint
 from robust_gen.training.data import EpochSampler
 from robust_gen.training.metrics import MetricsLogger
 from robust_gen.training.run_dir import RunLock, write_json
+from robust_gen.training.sharding import (
+    full_model_state,
+    full_optimizer_state,
+    is_sharded,
+    load_full_model_state,
+    load_full_optimizer_state,
+    shard_module,
+)
 
-__all__ = ["LossTerm", "NonFiniteLossError", "Trainer", "TrainerConfig"]
+__all__ = ["COMPILE_MODES", "LossTerm", "NonFiniteLossError", "Trainer", "TrainerConfig", "compile_in_place"]
 
 log = logging.getLogger(__name__)
+
+#: ``torch.compile`` modes (inductor only); ``None`` is inductor's ``"default"``.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -63,6 +77,23 @@ class TrainerConfig:
 
     ``batch_size`` is the global batch of one forward pass: with N processes each sees ``batch_size / N``.
     One optimizer step sees ``batch_size * grad_accum`` samples.
+
+    GPU throughput options (all off by default, none changes what is trained): ``compile`` runs the task module
+    through ``torch.compile`` (``compile_backend``, ``compile_mode``; see :func:`compile_in_place`);
+    ``channels_last`` stores 4-D weights in NHWC order, which cuDNN's tensor-core convolution kernels prefer.
+
+    ``fsdp`` shards weights, gradients and optimizer state over the processes (FSDP2, see
+    :mod:`robust_gen.training.sharding`), each module class named in ``fsdp_wrap`` its own unit; checkpoints
+    keep the full weights, so sharded and unsharded runs resume from each other's model and EMA weights.
+
+    Examples
+    --------
+    >>> TrainerConfig(compile=True, compile_backend="eager").compile_backend
+    'eager'
+    >>> TrainerConfig(compile_mode="fastest")
+    Traceback (most recent call last):
+    ...
+    ValueError: trainer.compile_mode must be null or one of ('default', ...), got 'fastest'
     """
 
     max_steps: int = 1000
@@ -87,6 +118,12 @@ class TrainerConfig:
     progress: bool = True
     deterministic: bool = False
     cpu: bool = False
+    compile: bool = False
+    compile_mode: str | None = None
+    compile_backend: str = "inductor"
+    channels_last: bool = False
+    fsdp: bool = False
+    fsdp_wrap: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -98,6 +135,59 @@ class TrainerConfig:
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
         self.adam_betas = tuple(self.adam_betas)
+        self._check_compile_settings()
+        if isinstance(self.fsdp_wrap, str) or not all(isinstance(name, str) for name in self.fsdp_wrap):
+            raise ValueError(
+                f"trainer.fsdp_wrap must be a list of module class names, e.g. [BasicTransformerBlock], got "
+                f"{self.fsdp_wrap!r}"
+            )
+        self.fsdp_wrap = list(self.fsdp_wrap)
+        if self.fsdp and self.mixed_precision == "fp16":
+            raise ValueError("trainer.fsdp=true supports mixed_precision no or bf16 (fp16's loss scaler does not "
+                             "unscale sharded gradients); use bf16")
+
+    def _check_compile_settings(self) -> None:
+        if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"trainer.compile_mode must be null or one of {COMPILE_MODES}, got {self.compile_mode!r}")
+        if not isinstance(self.compile_backend, str) or not self.compile_backend:
+            raise ValueError(f"trainer.compile_backend must name a torch.compile backend, got {self.compile_backend!r}")
+        if self.compile_mode is not None and self.compile_backend != "inductor":
+            # torch.compile would only warn and ignore the mode: a setting that silently does nothing.
+            raise ValueError(
+                f"trainer.compile_mode={self.compile_mode!r} is an inductor setting but compile_backend="
+                f"{self.compile_backend!r}; set compile_mode=null or compile_backend=inductor"
+            )
+        if self.compile:  # importing dynamo takes seconds: only when compiling
+            import torch._dynamo
+
+            known = torch._dynamo.list_backends(exclude_tags=())
+            if self.compile_backend not in known:
+                raise ValueError(
+                    f"trainer.compile_backend={self.compile_backend!r} is not a torch.compile backend; known: "
+                    f"{sorted(known)} (inductor for speed; eager / aot_eager to debug)"
+                )
+
+
+def compile_in_place(module: torch.nn.Module, backend: str = "inductor", mode: str | None = None) -> torch.nn.Module:
+    """Compile ``module``'s calls with ``torch.compile`` without wrapping it (``nn.Module.compile``).
+
+    The module keeps its class, its attributes and its parameter names (no ``_orig_mod.`` prefix, unlike
+    ``torch.compile(module)``), so checkpoints of compiled and uncompiled runs are interchangeable. Compilation
+    happens lazily at the first call.
+
+    Why not accelerate's ``Accelerator(dynamo_plugin=...)``: its dynamo settings live in the process-wide
+    ``AcceleratorState``, which only the FIRST ``Accelerator`` of a process sets, so a second trainer in the same
+    process (tests, sweeps, notebooks) silently keeps the first one's choice; and it wraps the model in an
+    ``OptimizedModule`` whose ``unwrap_model`` keeps the wrapper and the ``_orig_mod.`` names by default.
+
+    Examples
+    --------
+    >>> net = compile_in_place(torch.nn.Linear(2, 2), backend="eager")
+    >>> sorted(net.state_dict()), type(net).__name__, net(torch.ones(1, 2)).shape
+    (['bias', 'weight'], 'Linear', torch.Size([1, 2]))
+    """
+    module.compile(backend=backend, mode=mode)
+    return module
 
 
 class Trainer:
@@ -143,6 +233,7 @@ class Trainer:
         self.nonfinite_total = 0
         self.nonfinite_in_row = 0
         self._stop_requested = False
+        self._eval_module: torch.nn.Module | None = None
 
     # ----------------------------------------------------------------------------------------------- set-up
     def _build(self) -> None:
@@ -173,6 +264,14 @@ class Trainer:
             # each epoch, augmentation) must reach them; fresh workers each epoch copy the updated dataset.
             persistent_workers=False,
         )
+        if cfg.channels_last:
+            # NHWC weights: cuDNN's tensor-core convolutions work in channels-last order, so NCHW weights cost a
+            # layout transform around every convolution (and its backward). Only 4-D tensors change (a no-op
+            # for linear layers, embeddings and 1-D convolutions); later copies (device move, EMA, a loaded
+            # checkpoint's values) keep the layout. Before the optimizer is built, so it holds the final tensors.
+            self.task.to(memory_format=torch.channels_last)
+        if cfg.fsdp:
+            self._shard_task()  # before the optimizer, which must hold the sharded parameters
         params = [p for p in self.task.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the task module has no trainable parameters")
@@ -182,10 +281,32 @@ class Trainer:
         )
         warmup = max(cfg.warmup_steps, 0)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
-        self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
-            self.task, optimizer, loader, scheduler
-        )
-        self.ema = EMA(self.accelerator.unwrap_model(self.model), decay=cfg.ema_decay, warmup=cfg.ema_warmup)
+        if cfg.fsdp:  # already sharded: accelerate must not wrap it in DDP as well
+            self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(optimizer, loader, scheduler)
+            self.model = self.task
+        else:
+            self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
+                self.task, optimizer, loader, scheduler
+            )
+            self.ema = EMA(self.accelerator.unwrap_model(self.model), decay=cfg.ema_decay, warmup=cfg.ema_warmup)
+        if cfg.compile:
+            # After the EMA copy, which stays uncompiled: it only runs in evaluation, at other batch sizes, where
+            # compiling would cost recompilations for nothing. The task inside any DDP wrapper is compiled in
+            # place; DDP calls it as before, and checkpoints keep the plain parameter names.
+            compile_in_place(self.accelerator.unwrap_model(self.model), cfg.compile_backend, cfg.compile_mode)
+
+    def _shard_task(self) -> None:
+        cfg = self.cfg
+        self.task.to(self.accelerator.device)
+        if self.eval_fn is not None and self.is_main:
+            # A sharded module cannot run a forward on the main process alone, and evaluation runs there only:
+            # a plain copy (kept on the CPU between evaluations) receives the gathered EMA weights.
+            self._eval_module = copy.deepcopy(self.task).cpu().eval().requires_grad_(False)
+        # The EMA copy is made before sharding (FSDP modules cannot be deep-copied) and sharded the same way, so
+        # each process averages only its own shard: no communication per step, 1/N of the memory.
+        self.ema = EMA(self.task, decay=cfg.ema_decay, warmup=cfg.ema_warmup)
+        shard_module(self.task, cfg.fsdp_wrap)
+        shard_module(self.ema.module, cfg.fsdp_wrap)
 
     @property
     def is_main(self) -> bool:
@@ -204,15 +325,16 @@ class Trainer:
         """Write a checkpoint of the current step (main process; all processes wait for it)."""
         self.accelerator.wait_for_everyone()
         path = None
+        # Gathering a sharded model's full weights is a collective: every process takes part, the main one writes.
+        model = self.accelerator.unwrap_model(self.model)
+        tensors = {"model": full_model_state(model), "ema": self._ema_state()}
+        optimizer_state = full_optimizer_state(model, self.optimizer.optimizer)
         if self.is_main:
             path = save_checkpoint(
                 self.run_dir / "checkpoints",
                 self.step,
-                tensors={
-                    "model": self.accelerator.unwrap_model(self.model).state_dict(),
-                    "ema": self.ema.state_dict(),
-                },
-                objects={"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                tensors=tensors,
+                objects={"optimizer": optimizer_state, "scheduler": self.scheduler.state_dict()},
                 state=self._state(),
                 config_yaml=self.config_yaml,
                 keep=self.cfg.keep_checkpoints,
@@ -224,9 +346,18 @@ class Trainer:
         ckpt = load_latest_checkpoint(self.run_dir / "checkpoints", map_location="cpu")
         if ckpt is None:
             return False
-        self.accelerator.unwrap_model(self.model).load_state_dict(ckpt.tensors["model"])
-        self.ema.load_state_dict(ckpt.tensors["ema"])
-        self.optimizer.load_state_dict(ckpt.objects["optimizer"])
+        model = self.accelerator.unwrap_model(self.model)
+        optimizer_state = ckpt.objects["optimizer"]
+        # sharded runs key the optimizer state by parameter name, unsharded ones (torch's format) by index
+        if any(isinstance(k, str) for k in optimizer_state.get("state", {})) != is_sharded(model):
+            raise ValueError(
+                f"the checkpoint {ckpt.path} was written with trainer.fsdp={not self.cfg.fsdp}: resume with that "
+                f"setting (its optimizer state is stored per parameter name when sharded), or start a new run "
+                f"from its weights"
+            )
+        load_full_model_state(model, ckpt.tensors["model"])
+        self._load_ema_state(ckpt.tensors["ema"])
+        load_full_optimizer_state(model, self.optimizer.optimizer, optimizer_state)
         self.scheduler.load_state_dict(ckpt.objects["scheduler"])
         self.step = ckpt.step
         self.epoch = int(ckpt.state["epoch"])
@@ -234,6 +365,20 @@ class Trainer:
         self.nonfinite_total = int(ckpt.state.get("nonfinite_total", 0))
         log.info("resumed from %s (step %d, epoch %d, batch %d)", ckpt.path, self.step, self.epoch, self.batch_in_epoch)
         return True
+
+    def _ema_state(self) -> dict[str, torch.Tensor]:
+        """The EMA's state dict in :class:`EMA`'s own format, gathered to full tensors when sharded."""
+        if not is_sharded(self.ema.module):
+            return self.ema.state_dict()
+        state = {f"module.{k}": v for k, v in full_model_state(self.ema.module).items()}
+        return {**state, "n_averaged": self.ema.n_averaged.detach().cpu()} if state else {}
+
+    def _load_ema_state(self, state: dict[str, torch.Tensor]) -> None:
+        if not is_sharded(self.ema.module):
+            self.ema.load_state_dict(state)
+            return
+        load_full_model_state(self.ema.module, averaged_weights(state))
+        self.ema.n_averaged.copy_(state["n_averaged"])
 
     # --------------------------------------------------------------------------------------------- training
     def _total_loss(self, terms: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -369,8 +514,11 @@ class Trainer:
         rng = BatchGenerator(
             cfg.seed, micro, shard_index=acc.process_index, num_shards=acc.num_processes, device=acc.device
         )
+        # a prepared (DDP or single-device) model autocasts inside its forward; a sharded one is not prepared
+        autocast = acc.autocast() if cfg.fsdp else contextlib.nullcontext()
         with acc.accumulate(self.model):
-            terms = self.model(batch, rng)
+            with autocast:
+                terms = self.model(batch, rng)
             loss, logged = self._total_loss(terms)
             finite = self._all_finite(loss.detach())
             if finite:
@@ -382,10 +530,14 @@ class Trainer:
                 params = [p for p in self.model.parameters() if p.requires_grad]
                 if cfg.grad_clip:
                     grad_norm = acc.clip_grad_norm_(params, cfg.grad_clip)
+                elif cfg.fsdp:  # the norm over sharded gradients needs torch's DTensor-aware reduction
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, math.inf)
                 else:
                     grad_norm = torch.linalg.vector_norm(
                         torch.stack([p.grad.norm() for p in params if p.grad is not None])
                     )
+                if isinstance(grad_norm, DTensor):
+                    grad_norm = grad_norm.full_tensor()
                 finite = bool(torch.isfinite(grad_norm))
             if not finite:
                 self.optimizer.zero_grad(set_to_none=True)
@@ -418,9 +570,18 @@ class Trainer:
 
     def _evaluate(self, metrics: MetricsLogger | None) -> None:
         self.accelerator.wait_for_everyone()
+        module = self.ema.module
+        if is_sharded(module):
+            weights = full_model_state(module)  # a collective: every process gathers, the main one receives
+            if self.is_main:
+                module = self._eval_module
+                module.load_state_dict(weights)
+                module.to(self.accelerator.device)
         if self.is_main:
-            results = self.eval_fn(self.ema.module, self.step, self.run_dir) or {}
+            results = self.eval_fn(module, self.step, self.run_dir) or {}
             numeric = {k: v for k, v in results.items() if isinstance(v, (int, float)) and math.isfinite(v)}
             if metrics is not None and numeric:
                 metrics.log(self.step, {f"eval/{k}": v for k, v in numeric.items()})
+            if module is self._eval_module:
+                module.cpu()  # the device memory belongs to training
         self.accelerator.wait_for_everyone()

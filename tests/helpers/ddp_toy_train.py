@@ -1,8 +1,9 @@
 """Train the toy task of tests/test_trainer.py; run under torchrun to check data-parallel equivalence.
 
-    torchrun --nproc_per_node 2 tests/helpers/ddp_toy_train.py RUN_DIR STEPS [CHECKPOINT_EVERY]
+    torchrun --nproc_per_node 2 tests/helpers/ddp_toy_train.py RUN_DIR STEPS [CHECKPOINT_EVERY] [--fsdp]
 
-Also the victim of the kill-and-resume tests (tests/test_faults.py).
+``--fsdp`` shards the model (trainer.fsdp, each Linear its own unit; tests/test_sharding.py). Also the victim of
+the kill-and-resume tests (tests/test_faults.py).
 """
 
 import sys
@@ -28,12 +29,24 @@ class ToyTask(torch.nn.Module):
         return {"diffusion": LossTerm(out.loss, weights=torch.ones_like(out.loss))}
 
 
-def main(run_dir: str, steps: int, checkpoint_every: int = 0) -> None:
+def main(run_dir: str, steps: int, checkpoint_every: int = 0, fsdp: bool = False) -> None:
     torch.manual_seed(0)
     data = TensorDataset(torch.randn(48, 4, generator=torch.Generator().manual_seed(0)))
-    cfg = TrainerConfig(max_steps=steps, batch_size=8, checkpoint_every=checkpoint_every, progress=False, tensorboard=False, cpu=True)
-    Trainer(ToyTask(), data, cfg, run_dir).fit()
+    sharding = {"fsdp": True, "fsdp_wrap": ["Linear"]} if fsdp else {}
+    cfg = TrainerConfig(
+        max_steps=steps, batch_size=8, checkpoint_every=checkpoint_every, progress=False, tensorboard=False, cpu=True,
+        **sharding,
+    )
+    Trainer(ToyTask(), data, cfg, run_dir, eval_fn=_eval if fsdp else None).fit()
+
+
+def _eval(ema_module, step, run_dir):
+    """Records the EMA weights the trainer hands to evaluation (a plain, unsharded module under FSDP)."""
+    weight = ema_module.net[0].weight
+    return {"eval_weight_sum": float(weight.sum()), "eval_is_plain": float(type(weight) is torch.nn.Parameter)}
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 0)
+    flags = [a for a in sys.argv[1:] if a.startswith("--")]
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    main(args[0], int(args[1]), int(args[2]) if len(args) > 2 else 0, fsdp="--fsdp" in flags)
