@@ -45,18 +45,21 @@ def test_two_sharded_processes_match_one_process_and_resume(tmp_path):
     _run([sys.executable, str(HELPER), str(tmp_path / "one"), "10"], cwd=tmp_path)
     launch = [TORCHRUN, "--nproc_per_node", "2", "--master_port", "29523", str(HELPER)]
     _run([*launch, str(tmp_path / "fsdp"), "10", "--fsdp"], cwd=tmp_path)
+    # the whole task one unit: its own weights sharded too (the pytree-registered LossTerm outputs matter here)
+    _run([*launch, str(tmp_path / "root"), "10", "--fsdp-root"], cwd=tmp_path)
     # the same command stopped at step 6 and run again to 10 (resume from a sharded run's checkpoint)
     _run([*launch, str(tmp_path / "resumed"), "6", "6", "--fsdp"], cwd=tmp_path)
     _run([*launch, str(tmp_path / "resumed"), "10", "6", "--fsdp"], cwd=tmp_path)
 
     summary = json.loads((tmp_path / "fsdp" / "summary.json").read_text())
     assert summary["num_processes"] == 2
-    one, sharded, resumed = (_checkpoint(tmp_path / d, 10) for d in ("one", "fsdp", "resumed"))
+    one, sharded, resumed, root = (_checkpoint(tmp_path / d, 10) for d in ("one", "fsdp", "resumed", "root"))
     assert set(sharded) == set(one)  # full tensors under the plain names: loads into an unsharded model
     for name, weight in one.items():
         assert sharded[name].shape == weight.shape, name
         assert torch.allclose(weight, sharded[name], atol=1e-6), name
         assert torch.allclose(sharded[name], resumed[name], atol=1e-6), name
+        assert torch.allclose(weight, root[name], atol=1e-6), name
     ema_one, ema_sharded = _ema(tmp_path / "one", 10), _ema(tmp_path / "fsdp", 10)
     assert set(ema_one) == set(ema_sharded)
     for name, weight in ema_one.items():

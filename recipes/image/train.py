@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from robust_gen.image.build import prepare_training
 from robust_gen.training.recipe import CONFIG_ROOT, lock_run, register_resolvers, trainer_config
-from robust_gen.training.trainer import Trainer
+from robust_gen.training.trainer import Trainer, run_on_cpu
 
 register_resolvers()
 log = logging.getLogger("recipes.image.train")
@@ -33,7 +33,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     with lock_run(run_dir):  # the autoencoder stage writes into the run directory too
         # With several processes the first one trains the autoencoder and fills the latent cache; the others
         # then find them and reuse them instead of racing on the same files.
-        with PartialState().main_process_first():
+        with PartialState(cpu=run_on_cpu(cfg.trainer.cpu)).main_process_first():
             setup = prepare_training(cfg, run_dir)
         trainer = Trainer(
             setup.task, setup.dataset, trainer_config(cfg.trainer), run_dir,

@@ -44,7 +44,7 @@ from robust_gen.training.recipe import (
     trainer_config,
     write_resolved_config,
 )
-from robust_gen.training.trainer import Trainer
+from robust_gen.training.trainer import Trainer, run_on_cpu
 
 register_resolvers()
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     fill_corruption_speakers(cfg)
     mel_config = MelConfig(**OmegaConf.to_container(cfg.mel, resolve=True))
     # With several processes the first one synthesizes the corpus and fills the mel cache; the others reuse them.
-    with PartialState().main_process_first():
+    with PartialState(cpu=run_on_cpu(cfg.trainer.cpu)).main_process_first():
         training_set = build_training_set(
             OmegaConf.to_container(cfg.data, resolve=True),
             mel_config=mel_config,

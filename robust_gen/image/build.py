@@ -39,6 +39,7 @@ from robust_gen.image.task import ImageDiffusionTask
 from robust_gen.training.checkpoint import resolve_checkpoint
 from robust_gen.training.recipe import load_run_config, write_resolved_config
 from robust_gen.training.run_dir import write_json
+from robust_gen.training.trainer import run_on_cpu
 
 __all__ = ["META_NAME", "ImageTraining", "build_source", "build_task", "fill_from_data", "load_run", "prepare_training"]
 
@@ -168,7 +169,7 @@ def prepare_training(cfg: DictConfig, run_dir: str | Path) -> ImageTraining:
     from accelerate import PartialState
 
     run_dir = Path(run_dir)
-    state = PartialState(cpu=bool(cfg.trainer.cpu))
+    state = PartialState(cpu=run_on_cpu(cfg.trainer.cpu))
     if state.device.type == "cpu" and cfg.get("cpu_threads"):
         torch.set_num_threads(int(cfg.cpu_threads))
     seed = int(cfg.trainer.seed)

@@ -17,6 +17,7 @@ import contextlib
 import copy
 import logging
 import math
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.export
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration
 from torch.distributed.tensor import DTensor
@@ -47,7 +49,9 @@ from robust_gen.training.sharding import (
     shard_module,
 )
 
-__all__ = ["COMPILE_MODES", "LossTerm", "NonFiniteLossError", "Trainer", "TrainerConfig", "compile_in_place"]
+__all__ = [
+    "COMPILE_MODES", "LossTerm", "NonFiniteLossError", "Trainer", "TrainerConfig", "compile_in_place", "run_on_cpu",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,12 @@ class LossTerm:
     values: torch.Tensor
     weights: torch.Tensor | None = None
     scale: float = 1.0
+
+
+# A pytree node, so that code walking a task's outputs finds the tensors inside: FSDP2 hooks the backward of a
+# sharded module through the tensors of its outputs, and without this the root unit's weights were freed before
+# the backward reached them (a task returns {"name": LossTerm}).
+torch.export.register_dataclass(LossTerm)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -190,6 +200,20 @@ def compile_in_place(module: torch.nn.Module, backend: str = "inductor", mode: s
     return module
 
 
+def run_on_cpu(requested: bool = False) -> bool:
+    """Whether accelerate must be told ``cpu=True``: when asked, and when several processes were launched
+    (``WORLD_SIZE`` > 1) on a machine without CUDA. Without it accelerate sets up N independent one-process runs
+    there, all writing the same run directory; with it they train together over gloo.
+
+    Examples
+    --------
+    >>> run_on_cpu(True)
+    True
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return bool(requested) or (launched and not torch.cuda.is_available())
+
+
 class Trainer:
     """Train a task module on a dataset, writing everything into ``run_dir``.
 
@@ -244,8 +268,15 @@ class Trainer:
             mixed_precision=cfg.mixed_precision,
             gradient_accumulation_steps=cfg.grad_accum,
             dataloader_config=DataLoaderConfiguration(split_batches=True),
-            cpu=cfg.cpu,
+            cpu=run_on_cpu(cfg.cpu),
         )
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched != self.accelerator.num_processes:
+            raise RuntimeError(
+                f"{launched} processes were launched (WORLD_SIZE) but accelerate set up "
+                f"{self.accelerator.num_processes}: an accelerate state created earlier in this process with other "
+                f"settings? Create it with PartialState(cpu=run_on_cpu(cfg.trainer.cpu)) as the recipes do"
+            )
         if cfg.batch_size % self.accelerator.num_processes:
             raise ValueError(
                 f"trainer.batch_size={cfg.batch_size} must be divisible by the number of processes "

@@ -1,9 +1,9 @@
 """Train the toy task of tests/test_trainer.py; run under torchrun to check data-parallel equivalence.
 
-    torchrun --nproc_per_node 2 tests/helpers/ddp_toy_train.py RUN_DIR STEPS [CHECKPOINT_EVERY] [--fsdp]
+    torchrun --nproc_per_node 2 tests/helpers/ddp_toy_train.py RUN_DIR STEPS [CHECKPOINT_EVERY] [--fsdp|--fsdp-root]
 
-``--fsdp`` shards the model (trainer.fsdp, each Linear its own unit; tests/test_sharding.py). Also the victim of
-the kill-and-resume tests (tests/test_faults.py).
+``--fsdp`` shards the model (trainer.fsdp, each Linear its own unit), ``--fsdp-root`` as one unit owned by the
+task itself (tests/test_sharding.py). Also the victim of the kill-and-resume tests (tests/test_faults.py).
 """
 
 import sys
@@ -29,10 +29,11 @@ class ToyTask(torch.nn.Module):
         return {"diffusion": LossTerm(out.loss, weights=torch.ones_like(out.loss))}
 
 
-def main(run_dir: str, steps: int, checkpoint_every: int = 0, fsdp: bool = False) -> None:
+def main(run_dir: str, steps: int, checkpoint_every: int = 0, fsdp_wrap: list[str] | None = None) -> None:
     torch.manual_seed(0)
     data = TensorDataset(torch.randn(48, 4, generator=torch.Generator().manual_seed(0)))
-    sharding = {"fsdp": True, "fsdp_wrap": ["Linear"]} if fsdp else {}
+    fsdp = fsdp_wrap is not None
+    sharding = {"fsdp": True, "fsdp_wrap": fsdp_wrap} if fsdp else {}
     cfg = TrainerConfig(
         max_steps=steps, batch_size=8, checkpoint_every=checkpoint_every, progress=False, tensorboard=False, cpu=True,
         **sharding,
@@ -49,4 +50,5 @@ def _eval(ema_module, step, run_dir):
 if __name__ == "__main__":
     flags = [a for a in sys.argv[1:] if a.startswith("--")]
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    main(args[0], int(args[1]), int(args[2]) if len(args) > 2 else 0, fsdp="--fsdp" in flags)
+    wrap = ["Linear"] if "--fsdp" in flags else [] if "--fsdp-root" in flags else None
+    main(args[0], int(args[1]), int(args[2]) if len(args) > 2 else 0, fsdp_wrap=wrap)
