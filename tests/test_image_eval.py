@@ -368,3 +368,17 @@ def test_evaluate_script_command_line(runs, classifier_dir):
     written = json.loads((runs / "clean/eval/metrics.json").read_text())
     assert list(written["tags"]) == ["cfg1.0"] and written["tags"]["cfg1.0"]["conditional_accuracy"] > 0.85
     assert "precision" not in written["tags"]["cfg1.0"]
+
+
+def test_one_concept_run_is_compared_with_its_concept(tmp_path, classifier, digits):
+    """Samples of one class (a run trained on one concept) get FID against that class's references only."""
+    zeros = digits.labels == 0
+    _write_samples(tmp_path / "concept", "g3", digits.images[zeros][:40], digits.labels[zeros][:40])
+    report = evaluate_run(tmp_path / "concept", digits, classifier, {"domain": classifier}, plot=False,
+                          kid_subset_size=10, kid_subsets=2)
+    entry = report["tags"]["g3"]
+    assert entry["n_references"] == int(zeros.sum()) < len(digits)
+    # real zeros against the zeros: far closer than against all ten digits
+    against_all = fidelity_metrics(digits.images[zeros][:40], digits.images, classifier, kid_subset_size=10,
+                                   kid_subsets=2)
+    assert entry["fid"] < against_all["fid"]

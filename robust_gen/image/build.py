@@ -139,13 +139,15 @@ class ImageTraining:
 
 
 def _meta(cfg: DictConfig, source: ImageSource, autoencoder: ImageAutoencoder, scaling_factor: float,
-          augmentation: Augmentation) -> dict:
+          augmentation: Augmentation, concept: int | None) -> dict:
     size = int(cfg.data.resolution) // autoencoder.factor
     top, left, flip = augmentation.center()
     sizes = [(r["orig_height"], r["orig_width"]) for r in source.records]
     orig = max(set(sizes), key=sizes.count)
     return {
         "num_classes": source.num_classes,
+        # what sampling asks for: a run trained on one concept (corruption=outliers) only knows that class
+        "sample_classes": [int(concept)] if concept is not None else list(range(source.num_classes)),
         "class_names": source.class_names,
         "class_prompts": source.class_prompts,
         "captions": source.captions[:1000],
@@ -187,14 +189,14 @@ def prepare_training(cfg: DictConfig, run_dir: str | Path) -> ImageTraining:
                                scaling_factor=ae_cfg.get("scaling_factor", "data"),
                                batch_size=int(cfg.latents.encode_batch_size))
     _record_scaling_factor(autoencoder, table.scaling_factor, ae_cfg, run_dir, state.is_main_process)
-    meta = _meta(cfg, source, autoencoder, table.scaling_factor, augmentation)
+    concept = cfg.corruption.get("concept") if "concept" in cfg.corruption else None
+    meta = _meta(cfg, source, autoencoder, table.scaling_factor, augmentation, concept)
     if state.is_main_process:
         write_json(run_dir / META_NAME, meta)
     if cfg.control.mode != "none" and augmentation.positions == 1 and not augmentation.flip:
         log.warning("control.mode=%s but every crop is the same (data.crop_margin=0, data.flip=false): the control "
                     "metadata is constant; set e.g. data.crop_margin=8 data.flip=true", cfg.control.mode)
     corruption = instantiate(cfg.corruption)
-    concept = cfg.corruption.get("concept") if "concept" in cfg.corruption else None
     apply_kwargs = {}
     if cfg.corruption.get("selection") == "least_similar":
         # "Least similar" by the images themselves (the paper uses CLIP image embeddings, not available offline).

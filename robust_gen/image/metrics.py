@@ -85,6 +85,7 @@ __all__ = [
     "load_references",
     "load_samples",
     "plot_tag_metrics",
+    "references_for",
     "resilience",
     "resize_images",
 ]
@@ -438,6 +439,33 @@ def find_sample_tags(
     return kept
 
 
+def references_for(samples: SampleSet, references: SampleSet) -> SampleSet:
+    """The references of the classes the samples were drawn for: all of them for a class-balanced run, only
+    the concept's for a run trained on one concept (FID of samples of digit 0 against all ten digits would
+    reward a model that draws other digits). Unlabelled samples or references: all references.
+
+    Examples
+    --------
+    >>> refs = SampleSet(np.zeros((4, 2, 2, 1), np.uint8), np.array([0, 1, 0, 2]), source="refs")
+    >>> sub = references_for(SampleSet(np.zeros((2, 2, 2, 1), np.uint8), np.array([0, 0])), refs)
+    >>> len(sub), sub.source
+    (2, 'refs [classes 0]')
+    """
+    if not (samples.has_labels and references.has_labels):
+        return references
+    wanted = np.unique(samples.labels[samples.labels >= 0])
+    keep = np.isin(references.labels, wanted)
+    if keep.all():
+        return references
+    if not keep.any():
+        raise ValueError(f"the samples' classes {wanted.tolist()} have no reference images in {references.source}")
+    classes = ",".join(str(k) for k in wanted.tolist())
+    captions = [c for c, k in zip(references.captions, keep) if k] if references.captions else []
+    return SampleSet(
+        references.images[keep], references.labels[keep], captions, source=f"{references.source} [classes {classes}]"
+    )
+
+
 def _evaluate_samples(
     samples: SampleSet,
     references: SampleSet,
@@ -446,19 +474,23 @@ def _evaluate_samples(
     feature_cache: str,
     fidelity_settings: Mapping[str, Any],
 ) -> dict[str, Any]:
+    references = references_for(samples, references)
+    # one feature cache per reference subset (the source names the classes)
+    subset = hashlib.sha1(references.source.encode()).hexdigest()[:12]
     by_extractor = {
         name: fidelity_metrics(
             samples.images,
             references.images,
             extractor,
             cache_root=feature_cache,
-            references_cache_name=f"references-{name}",
+            references_cache_name=f"references-{name}-{subset}",
             **fidelity_settings,
         )
         for name, extractor in extractors.items()
     }
     primary = next(iter(extractors))
-    entry: dict[str, Any] = {"n_samples": len(samples), **by_extractor[primary], "feature_extractor": primary}
+    entry: dict[str, Any] = {"n_samples": len(samples), **by_extractor[primary], "feature_extractor": primary,
+                             "n_references": len(references)}
     entry["by_feature_extractor"] = by_extractor
     entry["conditional_accuracy"] = entry["per_class_accuracy"] = None
     if samples.has_labels:

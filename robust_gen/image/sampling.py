@@ -117,8 +117,9 @@ class SampleRequest:
 
 
 def balanced_request(meta: dict, num_images: int, control: Sequence[float] | None = None) -> SampleRequest:
-    """``num_images`` requests balanced over the classes (image ``i`` has class ``i % num_classes``), each with a
-    caption from its class's prompts; without classes, the dataset's captions in turn (labels -1).
+    """``num_images`` requests balanced over the classes the model was trained on (``meta["sample_classes"]``:
+    one concept for a run trained on one concept; every class otherwise), each with a caption from its class's
+    prompts; without classes, the dataset's captions in turn (labels -1).
 
     Examples
     --------
@@ -126,14 +127,18 @@ def balanced_request(meta: dict, num_images: int, control: Sequence[float] | Non
     >>> r = balanced_request(meta, 4)
     >>> r.labels.tolist(), r.captions
     ([0, 1, 0, 1], ['a cat', 'a dog', 'a cat', 'the dog'])
+    >>> balanced_request({**meta, "sample_classes": [1]}, 3).labels.tolist()  # a run trained on class 1 only
+    [1, 1, 1]
     """
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
     k = int(meta.get("num_classes", 0))
     if k > 0:
-        labels = [i % k for i in range(num_images)]
+        classes = list(meta.get("sample_classes") or range(k))  # older runs' meta has no sample_classes
+        labels = [classes[i % len(classes)] for i in range(num_images)]
         prompts = meta["class_prompts"]
-        captions = [prompts[c][(i // k) % len(prompts[c])] if prompts[c] else "" for i, c in enumerate(labels)]
+        n = len(classes)
+        captions = [prompts[c][(i // n) % len(prompts[c])] if prompts[c] else "" for i, c in enumerate(labels)]
     else:
         pool = meta.get("captions") or []
         if not pool:
@@ -245,7 +250,8 @@ def make_eval_fn(autoencoder: ImageAutoencoder, meta: dict, samples_cfg: dict, s
         start = time.perf_counter()
         k = int(meta.get("num_classes", 0))
         per_row = min(k, 16) if k else 8
-        num_images = int(samples_cfg.get("num_per_class", 8)) * max(k, 1) if k else int(samples_cfg.get("num", 64))
+        classes = len(meta.get("sample_classes") or range(k))
+        num_images = int(samples_cfg.get("num_per_class", 8)) * max(classes, 1) if k else int(samples_cfg.get("num", 64))
         request = balanced_request(meta, num_images, meta.get("sample_control"))
         settings = {
             "sampler": sampler_cfg.get("name", "ddim"),
