@@ -52,19 +52,14 @@ SHARED_AUTOENCODER_STEPS = 1  # the prep run trains the autoencoder, then one di
 
 def compose_train_config(recipe: str, overlay: str, extra: list[str]) -> dict:
     """The composed training config of an overlay (with ``hydra``), as plain data."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from robust_gen.training.recipe import CONFIG_ROOT, register_resolvers
+    from robust_gen.training.recipe import compose_config
 
-    register_resolvers()
     # only what names the sweep folder: the rest may be sweeps (a,b), which compose does not take
     sweep_only = [o for o in extra if o.startswith(("hydra.sweep.dir=", "study.name="))]
-    with initialize_config_dir(str(CONFIG_ROOT / recipe), version_base="1.3"):
-        cfg = compose("train", overrides=[f"+experiment={overlay}", *sweep_only], return_hydra_config=True)
-        study = OmegaConf.to_container(cfg.study, resolve=False)
-        sweep_dir = str(cfg.hydra.sweep.dir)
-    return {"study": study, "sweep_dir": sweep_dir}
+    cfg = compose_config(recipe, "train", [f"+experiment={overlay}", *sweep_only], return_hydra_config=True)
+    return {"study": OmegaConf.to_container(cfg.study, resolve=False), "sweep_dir": str(cfg.hydra.sweep.dir)}
 
 
 class Runner:
@@ -157,26 +152,19 @@ def sample_with_control(run_dir: Path, overrides: list[str], control: list[float
     the new sample folder to its study tag)."""
     import importlib.util
 
-    from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    from robust_gen.training.recipe import CONFIG_ROOT, register_resolvers
+    from robust_gen.training.recipe import compose_config
 
-    register_resolvers()
     spec = importlib.util.spec_from_file_location(
         "image_sample_recipe", REPO / "recipes" / "image" / "sample.py"
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    with initialize_config_dir(str(CONFIG_ROOT / "image"), version_base="1.3"):
-        cfg = compose("sample", overrides=[path_override("run_dir", run_dir), *overrides])
+    cfg = compose_config("image", "sample", [path_override("run_dir", run_dir), *overrides])
     with open_dict(cfg):
         cfg.control_values = [float(v) for v in control]
     module.sample(cfg)
-
-
-def _sample_stamps(run_dir: Path) -> dict[str, int]:
-    return {p.parent.name: p.stat().st_mtime_ns for p in (run_dir / "samples").glob("*/images.npz")}
 
 
 def _sample_tag(

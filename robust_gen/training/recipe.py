@@ -155,9 +155,12 @@ def check_targets(cfg: Any, allowed: tuple[str, ...] = SAFE_TARGET_PREFIXES, *, 
     walk(container, "")
 
 
-def compose_config(recipe: str, name: str = "train", overrides: Sequence[str] = ()) -> DictConfig:
+def compose_config(
+    recipe: str, name: str = "train", overrides: Sequence[str] = (), *, return_hydra_config: bool = False
+) -> DictConfig:
     """The config a recipe's ``<name>.py`` would see, composed by Hydra from ``configs/<recipe>/<name>.yaml`` with
-    command-line style ``overrides`` (for tools, benchmarks and tests that build a recipe's objects in-process).
+    command-line style ``overrides`` (for tools, benchmarks and tests that build a recipe's objects in-process);
+    ``return_hydra_config`` keeps the ``hydra`` node (sweep folders, job settings).
 
     Examples
     --------
@@ -169,7 +172,7 @@ def compose_config(recipe: str, name: str = "train", overrides: Sequence[str] = 
 
     register_resolvers()  # the recipes' interpolations, and Hydra's searchpath to configs/shared
     with initialize_config_dir(config_dir=str(CONFIG_ROOT / recipe), version_base="1.3"):
-        return compose(name, overrides=list(overrides))
+        return compose(name, overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 def load_run_config(run_dir: str | Path) -> DictConfig:
