@@ -580,8 +580,9 @@ STUDIES: dict[str, StudySpec] = {
     "slight_caption": StudySpec(
         "Slight corruption, captions (Chen et al. 2024)",
         by=("corruption.ratio", "cep.kind"), x="corruption.ratio", x_scale=100.0, xlabel="caption swaps eta (%)",
-        metrics=(*_FID, "eval.best.guidance_scale"),
-        notes="Text-conditional; eval.best.* as for the label study.",
+        metrics=(*_FID, "eval.best.conditional_accuracy", "eval.best.guidance_scale"),
+        notes="Text-conditional; eval.best.* as for the label study. Conditional accuracy: the domain classifier "
+        "finds the digit the caption names (the offline stand-in for a CLIP score).",
     ),
     "huber_image": StudySpec(
         "Scheduled pseudo-Huber, images: one concept with off-topic outliers (Khrapov et al. 2024)",
