@@ -23,6 +23,7 @@ import io
 import json
 import math
 import statistics
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -484,7 +485,7 @@ def plot_metric(
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel(ylabel or metric)
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title("\n".join(textwrap.wrap(title, 64)), fontsize=9)  # long study titles fit
     if len(lines) > 1:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -532,7 +533,7 @@ def plot_bars(
     ax.set_xlabel(x)
     ax.set_ylabel(ylabel or ", ".join(metrics))
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title("\n".join(textwrap.wrap(title, 64)), fontsize=9)  # long study titles fit
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
