@@ -380,7 +380,8 @@ class Trainer:
         model = self.accelerator.unwrap_model(self.model)
         optimizer_state = ckpt.objects["optimizer"]
         # sharded runs key the optimizer state by parameter name, unsharded ones (torch's format) by index
-        if any(isinstance(k, str) for k in optimizer_state.get("state", {})) != is_sharded(model):
+        keys = list(optimizer_state.get("state", {}))
+        if keys and isinstance(keys[0], str) != is_sharded(model):
             raise ValueError(
                 f"the checkpoint {ckpt.path} was written with trainer.fsdp={not self.cfg.fsdp}: resume with that "
                 f"setting (its optimizer state is stored per parameter name when sharded), or start a new run "
