@@ -588,9 +588,11 @@ STUDIES: dict[str, StudySpec] = {
     "huber_image": StudySpec(
         "Scheduled pseudo-Huber, images: one concept with off-topic outliers (Khrapov et al. 2024)",
         by=("corruption.ratio", "loss.method"), x="corruption.ratio", x_scale=100.0, xlabel="outliers (%)",
-        metrics=("eval.best.resilience.resilience", "eval.best.resilience.similarity_corrupted", "eval.best.fid"),
+        metrics=("eval.best.resilience.resilience", "eval.best.resilience.similarity_corrupted",
+                 "eval.best.resilience.similarity_clean", "eval.best.fid", "eval.best.conditional_accuracy"),
         notes="resilience = similarity(samples, clean refs) - the clean-data run's similarity (closer to 0 is "
-        "better), domain-classifier feature cosine in place of CLIP / 1 - LPIPS.",
+        "better), domain-classifier feature cosine in place of CLIP / 1 - LPIPS; FID and similarity against the "
+        "concept's own references; conditional accuracy: the share of samples the classifier calls the concept.",
     ),
     "huber_speech": StudySpec(
         "Scheduled pseudo-Huber, speech: target speaker contaminated by another (Khrapov et al. 2024)",
