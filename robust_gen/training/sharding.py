@@ -61,6 +61,13 @@ def shard_module(module: nn.Module, wrap: Sequence[str] = (), *, reshard_after_f
     Raises ``RuntimeError`` without an initialised process group (launch with ``accelerate launch`` or
     ``torchrun``) and ``ValueError`` when no name in ``wrap`` matches a submodule (a typo would otherwise
     silently shard everything as one unit).
+
+    Examples
+    --------
+    >>> shard_module(torch.nn.Linear(2, 2), ["Linear"])  # one process, no process group
+    Traceback (most recent call last):
+    ...
+    RuntimeError: trainer.fsdp=true needs a distributed launch (accelerate launch / torchrun); ...
     """
     if not torch.distributed.is_available() or not torch.distributed.is_initialized():
         raise RuntimeError(
@@ -99,7 +106,15 @@ def full_model_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def load_full_model_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load a full state dict (as written by :func:`full_model_state`) into ``module``, sharded or not; every
-    process passes the same full state and keeps its own shard."""
+    process passes the same full state and keeps its own shard.
+
+    Examples
+    --------
+    >>> a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    >>> load_full_model_state(b, full_model_state(a))
+    >>> bool(torch.equal(a.weight, b.weight))
+    True
+    """
     if not is_sharded(module):
         module.load_state_dict(state)
         return
@@ -109,14 +124,30 @@ def load_full_model_state(module: nn.Module, state: dict[str, torch.Tensor]) -> 
 
 def full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """The optimizer state for a checkpoint: ``optimizer.state_dict()`` for an unsharded model; for a sharded
-    one the gathered full state keyed by parameter name (a collective call)."""
+    one the gathered full state keyed by parameter name (a collective call).
+
+    Examples
+    --------
+    >>> net = torch.nn.Linear(2, 2)
+    >>> sorted(full_optimizer_state(net, torch.optim.AdamW(net.parameters())))
+    ['param_groups', 'state']
+    """
     if not is_sharded(module):
         return optimizer.state_dict()
     return get_optimizer_state_dict(module, optimizer, options=_FULL)
 
 
 def load_full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """Inverse of :func:`full_optimizer_state` (each process keeps its shard of the moments)."""
+    """Inverse of :func:`full_optimizer_state` (each process keeps its shard of the moments).
+
+    Examples
+    --------
+    >>> net = torch.nn.Linear(2, 2)
+    >>> optimizer = torch.optim.AdamW(net.parameters(), lr=0.5)
+    >>> load_full_optimizer_state(net, optimizer, full_optimizer_state(net, torch.optim.AdamW(net.parameters())))
+    >>> optimizer.param_groups[0]["lr"]  # the saved state's settings
+    0.001
+    """
     if not is_sharded(module):
         optimizer.load_state_dict(state)
         return
