@@ -45,6 +45,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     references = load_references(refs_cfg.source, refs_cfg.image_size, refs_cfg.max_images, refs_cfg.seed)
     clf_cfg = OmegaConf.to_container(cfg.classifier, resolve=True)
     path, cache_dir = clf_cfg.pop("path"), clf_cfg.pop("cache_dir")
+    # null settings mean the library default: leave them out, so the cached classifier's key does not change
+    clf_cfg = {k: v for k, v in clf_cfg.items() if v is not None}
     if path is not None:
         classifier = load_domain_classifier(path, device)
     else:
