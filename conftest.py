@@ -3,6 +3,8 @@
 import os
 import sys
 
+import pytest
+
 # Idle OpenMP threads sleep instead of spinning: on a small, shared CPU a spinning pool makes tiny tensor ops
 # (most of this suite) up to 30x slower. Must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -33,3 +35,16 @@ def _make_speechbrain_lazy_modules_introspectable() -> None:
 
 def pytest_runtest_setup(item):
     _make_speechbrain_lazy_modules_introspectable()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a test module (``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny models
+    gain nothing from a second thread, and on a small shared machine synchronisation makes them several times
+    slower; results do not change. The previous setting comes back after the module."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

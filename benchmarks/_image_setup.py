@@ -15,9 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 from robust_gen.image.autoencoder import ImageAutoencoder
 from robust_gen.image.build import build_task
 from robust_gen.image.task import ImageDiffusionTask
-from robust_gen.training.recipe import CONFIG_ROOT, compose_config
+from robust_gen.training.recipe import CONFIG_ROOT
 
-__all__ = ["AUTOENCODERS", "IMAGE_MODELS", "compose_image_config", "random_autoencoder", "random_task"]
+__all__ = ["AUTOENCODERS", "IMAGE_MODELS", "random_autoencoder", "random_task"]
 
 #: The ``model`` config group's options (configs/image/model/*.yaml).
 IMAGE_MODELS = tuple(sorted(p.stem for p in (CONFIG_ROOT / "image" / "model").glob("*.yaml")))
@@ -27,18 +27,6 @@ IMAGE_MODELS = tuple(sorted(p.stem for p in (CONFIG_ROOT / "image" / "model").gl
 AUTOENCODERS = ("tiny", "sd")
 _SD_VAE = {"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "latent_channels": 4,
            "norm_num_groups": 32}
-
-
-def compose_image_config(overrides: Sequence[str] = ()) -> DictConfig:
-    """The image recipe's training config (``configs/image/train.yaml``) with Hydra ``overrides``.
-
-    Examples
-    --------
-    >>> cfg = compose_image_config(["model=dit_tiny"])
-    >>> cfg.model.arch, cfg.schedule.kind, cfg.prediction
-    ('dit', 'linear', 'eps')
-    """
-    return compose_config("image", overrides=overrides)
 
 
 def random_autoencoder(kind: str, channels: int, size: int, seed: int = 0) -> ImageAutoencoder:
@@ -75,11 +63,12 @@ def random_task(
     scaling_factor: float = 1.0,
     seed: int = 0,
 ) -> ImageDiffusionTask:
-    """The recipe's task module for ``cfg`` (from :func:`compose_image_config`) with random weights.
+    """The recipe's task module for ``cfg`` (``compose_config("image", overrides=...)``) with random weights.
 
     Examples
     --------
-    >>> task = random_task(compose_image_config(), latent_shape=(4, 8, 8))
+    >>> from robust_gen.training.recipe import compose_config
+    >>> task = random_task(compose_config("image"), latent_shape=(4, 8, 8))
     >>> type(task.denoiser.backbone).__name__, float(task.scaling_factor)
     ('UNet2DConditionModel', 1.0)
     """

@@ -35,7 +35,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import contextlib
-import json
 import statistics
 import sys
 import time
@@ -46,7 +45,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _flops import count_flops, dense_bf16_peak_tflops, utilisation
-from _image_setup import AUTOENCODERS, IMAGE_MODELS, compose_image_config, random_autoencoder, random_task
+from _image_setup import AUTOENCODERS, IMAGE_MODELS, random_autoencoder, random_task
 
 from robust_gen.diffusion.randomness import BatchGenerator
 from robust_gen.image.data import Augmentation, LatentImageDataset
@@ -54,6 +53,8 @@ from robust_gen.image.denoiser import count_parameters
 from robust_gen.image.imaging import to_model_range
 from robust_gen.image.latents import LatentTable, encode_images, latent_std
 from robust_gen.image.sources import load_digits_source
+from robust_gen.training.recipe import compose_config
+from robust_gen.training.run_dir import write_json
 
 CACHED, ENCODING = "cached latents", "VAE encode every step"
 
@@ -168,7 +169,7 @@ def run(args: argparse.Namespace) -> dict:
         latent_mean, latent_sd = autoencoder.encode(_memory_format(pixels[indices].to(device), args.channels_last))
         return {"latent_mean": latent_mean, "latent_std": latent_sd, "label": labels[indices].to(device)}
 
-    cfg = compose_image_config([f"model={args.model}"])
+    cfg = compose_config("image", overrides=[f"model={args.model}"])
     latent_shape = (autoencoder.latent_channels, *([args.resolution // autoencoder.factor] * 2))
     peak, peak_source = resolve_peak(device, args.peak_tflops)
     loops = [(CACHED, cached_batch)] + ([(ENCODING, encoding_batch)] if args.loops == "both" else [])
@@ -234,8 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
     figures = run(args)
     print_report(figures)
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2))
+        write_json(args.json, figures)
     return figures
 
 

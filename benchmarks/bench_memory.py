@@ -48,6 +48,7 @@ import torch
 
 from robust_gen.diffusion.randomness import BatchGenerator
 from robust_gen.training.recipe import compose_config
+from robust_gen.training.run_dir import write_json
 
 
 class Case(NamedTuple):
@@ -264,7 +265,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                   f"(+backward), {row['step_peak'] / 2**20:.0f} MiB (step), {row['step_s']:.1f} s", flush=True)
     print_table(rows, args.device)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        write_json(args.json, rows)
         print(f"wrote {args.json}")
     return rows
 

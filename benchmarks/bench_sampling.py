@@ -33,7 +33,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -47,14 +46,15 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _image_setup import AUTOENCODERS, IMAGE_MODELS, compose_image_config, random_autoencoder, random_task
+from _image_setup import AUTOENCODERS, IMAGE_MODELS, random_autoencoder, random_task
 
 from robust_gen.image.denoiser import count_parameters
 from robust_gen.image.sampling import SAMPLER_NAMES, balanced_request, generate
 from robust_gen.speech.gradtts import GradTTS
 from robust_gen.speech.mel import MelConfig
 from robust_gen.speech.synthesis import Synthesizer
-from robust_gen.training.recipe import CONFIG_ROOT
+from robust_gen.training.recipe import CONFIG_ROOT, compose_config
+from robust_gen.training.run_dir import write_json
 
 # Harvard sentences (IEEE 1969), list 1: phonetically balanced, the usual TTS test prompts.
 SENTENCES = (
@@ -145,7 +145,7 @@ def image_model(args, device: torch.device):
 
         task, autoencoder, meta, cfg = load_run(args.image_run, device=device)
         return task, autoencoder, meta, f"{args.image_run} (step {meta['step']}, EMA), {cfg.model.arch}"
-    cfg = compose_image_config([f"model={args.image_model}"])
+    cfg = compose_config("image", overrides=[f"model={args.image_model}"])
     size, channels = int(cfg.data.resolution), int(cfg.data.channels)
     autoencoder = random_autoencoder(args.autoencoder, channels, size).to(device)
     latent_shape = [autoencoder.latent_channels, size // autoencoder.factor, size // autoencoder.factor]
@@ -334,8 +334,7 @@ def main(argv: list[str] | None = None) -> dict:
         figures["speech"] = bench_speech(args, device)
     print_report(figures)
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2))
+        write_json(args.json, figures)
     return figures
 
 

@@ -31,6 +31,8 @@ from typing import Any
 
 import yaml
 
+from robust_gen.training.run_dir import save_figure
+
 __all__ = [
     "RESULT_PREFIXES",
     "SEED_KEYS",
@@ -490,10 +492,7 @@ def plot_metric(
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def plot_bars(
@@ -537,10 +536,7 @@ def plot_bars(
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 @dataclass(frozen=True)

@@ -105,9 +105,11 @@ def test_bench_image_step_counts_flops_and_mfu(model, tmp_path, capsys):
 
 def test_step_flops_scale_with_the_batch():
     bench = _load("bench_image_step")
-    from _image_setup import compose_image_config, random_task
+    from _image_setup import random_task
 
-    task = random_task(compose_image_config(), latent_shape=(4, 8, 8)).train()
+    from robust_gen.training.recipe import compose_config
+
+    task = random_task(compose_config("image"), latent_shape=(4, 8, 8)).train()
     counts = []
     for batch in (2, 4):
         def make_batch(indices, b=batch):

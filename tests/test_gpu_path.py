@@ -29,13 +29,7 @@ from robust_gen.training.trainer import LossTerm, Trainer, TrainerConfig
 SCHEDULE = DiscreteVP("linear", 1000, 0.0015, 0.0195)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: extra threads only add overhead on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def model_config(recipe: str, name: str, **changes) -> dict:

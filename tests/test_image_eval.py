@@ -34,14 +34,7 @@ N_TRAIN = 800  # the classifier sees digits[:800]; the rest are unseen real digi
 FAST = {"kid_subsets": 10}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny convolutions gain nothing from intra-op threads, and on a shared 2-core box OpenMP spin-waiting
-    # makes them tens of times slower; one thread keeps this file fast and does not change any result.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

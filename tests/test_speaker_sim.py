@@ -46,14 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 VOICES = DEFAULT_VOICES[:3]  # us_m1, gb_m2, rp_m3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: on a small shared machine, intra-op threads cost more in synchronization than they
-    save (this file runs ~4x faster with one)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from robust_gen.image.build import load_run
-from robust_gen.image.sampling import balanced_request, generate, write_samples
+from robust_gen.image.sampling import balanced_request, generate, grid_columns, write_samples
 from robust_gen.training.recipe import CONFIG_ROOT, register_resolvers
 
 register_resolvers()
@@ -41,16 +41,10 @@ def sample(cfg: DictConfig) -> list[str]:
         tag = f"{sampler.name}{int(sampler.num_steps)}_g{float(scale):g}"
         out = write_samples(f"{cfg.run_dir}/samples/{tag}", images, request.labels.tolist(), request.captions,
                             {"step": meta["step"], "weights": cfg.weights, **settings},
-                            nrow=_grid_columns(meta))
+                            nrow=grid_columns(meta))
         log.info("wrote %d samples to %s", len(images), out)
         folders.append(str(out))
     return folders
-
-
-def _grid_columns(meta: dict) -> int | None:
-    """One column per sampled class (up to 16); a square grid for one concept or no classes."""
-    classes = len(meta.get("sample_classes") or range(int(meta.get("num_classes", 0))))
-    return min(classes, 16) if classes > 1 else None
 
 
 @hydra.main(config_path=str(CONFIG_ROOT / "image"), config_name="sample", version_base="1.3")

@@ -66,7 +66,7 @@ from robust_gen.image.samples import (
     load_samples,
     resize_images,
 )
-from robust_gen.training.run_dir import write_json
+from robust_gen.training.run_dir import save_figure, write_json
 
 __all__ = [
     "FeatureCosineSimilarity",
@@ -602,7 +602,4 @@ def plot_tag_metrics(results: Mapping[str, Mapping[str, Any]], path: str | Path)
         ax.set_title(title)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    return save_figure(fig, path, dpi=100)

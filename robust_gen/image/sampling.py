@@ -36,7 +36,9 @@ __all__ = [
     "diffusers_scheduler",
     "generate",
     "get_image_sampler",
+    "grid_columns",
     "make_eval_fn",
+    "sampled_classes",
     "write_samples",
 ]
 
@@ -116,6 +118,30 @@ class SampleRequest:
         return len(self.captions)
 
 
+def sampled_classes(meta: dict) -> list[int]:
+    """The classes a run's samples are drawn for: the run's ``sample_classes`` (one concept for a run trained on
+    one concept), every class for runs written before that key existed, none for unlabelled data.
+
+    Examples
+    --------
+    >>> sampled_classes({"num_classes": 3}), sampled_classes({"num_classes": 3, "sample_classes": [2]})
+    ([0, 1, 2], [2])
+    """
+    return list(meta.get("sample_classes") or range(int(meta.get("num_classes", 0))))
+
+
+def grid_columns(meta: dict) -> int | None:
+    """Columns of a sample grid: one per sampled class (up to 16); None (a square grid) for one class or none.
+
+    Examples
+    --------
+    >>> grid_columns({"num_classes": 10}), grid_columns({"num_classes": 10, "sample_classes": [0]})
+    (10, None)
+    """
+    classes = len(sampled_classes(meta))
+    return min(classes, 16) if classes > 1 else None
+
+
 def balanced_request(meta: dict, num_images: int, control: Sequence[float] | None = None) -> SampleRequest:
     """``num_images`` requests balanced over the classes the model was trained on (``meta["sample_classes"]``:
     one concept for a run trained on one concept; every class otherwise), each with a caption from its class's
@@ -132,9 +158,8 @@ def balanced_request(meta: dict, num_images: int, control: Sequence[float] | Non
     """
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
-    k = int(meta.get("num_classes", 0))
-    if k > 0:
-        classes = list(meta.get("sample_classes") or range(k))  # older runs' meta has no sample_classes
+    classes = sampled_classes(meta)
+    if classes:
         labels = [classes[i % len(classes)] for i in range(num_images)]
         prompts = meta["class_prompts"]
         n = len(classes)
@@ -248,10 +273,8 @@ def make_eval_fn(autoencoder: ImageAutoencoder, meta: dict, samples_cfg: dict, s
 
     def eval_fn(ema_task, step: int, run_dir: Path) -> dict:
         start = time.perf_counter()
-        k = int(meta.get("num_classes", 0))
-        per_row = min(k, 16) if k else 8
-        classes = len(meta.get("sample_classes") or range(k))
-        num_images = int(samples_cfg.get("num_per_class", 8)) * max(classes, 1) if k else int(samples_cfg.get("num", 64))
+        classes = len(sampled_classes(meta))
+        num_images = int(samples_cfg.get("num_per_class", 8)) * classes if classes else int(samples_cfg.get("num", 64))
         request = balanced_request(meta, num_images, meta.get("sample_control"))
         settings = {
             "sampler": sampler_cfg.get("name", "ddim"),
@@ -264,7 +287,7 @@ def make_eval_fn(autoencoder: ImageAutoencoder, meta: dict, samples_cfg: dict, s
         images = generate(ema_task, autoencoder, request, latent_shape=meta["latent_shape"],
                           batch_size=int(samples_cfg.get("batch_size", 128)), **settings)
         out = Path(run_dir) / "samples" / f"step_{step:07d}"
-        write_samples(out, images, request.labels.tolist(), request.captions, {"step": step, **settings}, nrow=per_row)
+        write_samples(out, images, request.labels.tolist(), request.captions, {"step": step, **settings}, nrow=grid_columns(meta))
         return {"sample_seconds": time.perf_counter() - start}
 
     return eval_fn

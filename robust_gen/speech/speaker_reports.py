@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from robust_gen.training.run_dir import atomic_write_text, write_json
+from robust_gen.training.run_dir import atomic_write_text, save_figure, write_json
 
 __all__ = [
     "CSV_NAME",
@@ -228,5 +228,5 @@ def plot_similarity_over_steps(result: SimilarityResult, path: str | os.PathLike
         axes[1].axhline(0.0, color="gray", linewidth=0.8)
         axes[1].set(xlabel="training step", ylabel="resilience (run - clean)")
         axes[1].legend(fontsize="small")
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path, dpi=120)
     return True

@@ -26,7 +26,7 @@ from robust_gen.speech.audio import save_audio
 from robust_gen.speech.gradtts import GradTTS
 from robust_gen.speech.mel import MelConfig
 from robust_gen.speech.text import text_to_ids
-from robust_gen.training.run_dir import atomic_write_text
+from robust_gen.training.run_dir import atomic_write_text, save_figure
 
 __all__ = ["Synthesizer", "TrainedModel", "load_trained", "plot_mel", "read_text_list", "write_samples"]
 
@@ -195,7 +195,7 @@ def plot_mel(mel: torch.Tensor, path: str | os.PathLike, title: str = "") -> Non
     axes.set_ylabel("mel band")
     axes.set_title(title[:90], fontsize=8)
     figure.tight_layout()
-    figure.savefig(str(path))
+    save_figure(figure, path)
 
 
 def _file_stem(speaker: str) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import os
 import tempfile
@@ -24,7 +25,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
-__all__ = ["RunDirLocked", "RunLock", "atomic_open", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "write_json"]
+__all__ = [
+    "RunDirLocked", "RunLock", "atomic_open", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "save_figure",
+    "write_json",
+]
 
 
 class RunDirLocked(RuntimeError):
@@ -94,6 +98,26 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def save_figure(figure: Any, path: str | os.PathLike, *, dpi: float | None = None) -> Path:
+    """Render a matplotlib ``Figure`` (format from the suffix, PNG by default) and write it atomically, like every
+    other file of a run: a kill mid-write leaves the previous plot, never half of one. ``dpi``: the figure's own
+    when None.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from matplotlib.figure import Figure
+    >>> path = save_figure(Figure(figsize=(1, 1)), Path(tempfile.mkdtemp()) / "plots" / "empty.png")
+    >>> path.read_bytes()[:4]
+    b'\\x89PNG'
+    """
+    path = Path(path)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=dpi or "figure")
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
 
 
 class RunLock:
