@@ -10,6 +10,10 @@ Every backend's path is checked equal to the reference's before its time is repo
 
 from __future__ import annotations
 
+from robust_gen.launch import start_process
+
+start_process()  # before torch loads: idle OpenMP threads sleep; a mismatched torch trio exits with the fix
+
 import argparse
 import statistics
 import time

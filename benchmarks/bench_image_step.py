@@ -29,9 +29,11 @@ peak from ``--peak-tflops`` or, on a CUDA device, from a table of dense bf16 pea
 
 from __future__ import annotations
 
-import os
+from robust_gen.launch import start_process
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+start_process()  # before torch loads: idle OpenMP threads sleep; a mismatched torch trio exits with the fix
+
+
 
 import argparse
 import contextlib

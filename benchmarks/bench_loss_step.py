@@ -9,6 +9,10 @@ computation alone.
 
 from __future__ import annotations
 
+from robust_gen.launch import start_process
+
+start_process()  # before torch loads: idle OpenMP threads sleep; a mismatched torch trio exits with the fix
+
 import argparse
 import statistics
 import time

@@ -30,13 +30,14 @@ memory figures are reliable.
 
 from __future__ import annotations
 
-import os
+from robust_gen.launch import start_process
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+start_process()  # before torch loads: idle OpenMP threads sleep; a mismatched torch trio exits with the fix
 
 import argparse
 import ctypes
 import json
+import os
 import resource
 import subprocess
 import sys

@@ -28,9 +28,11 @@ random weights.
 
 from __future__ import annotations
 
-import os
+from robust_gen.launch import start_process
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+start_process()  # before torch loads: idle OpenMP threads sleep; a mismatched torch trio exits with the fix
+
+
 
 import argparse
 import math

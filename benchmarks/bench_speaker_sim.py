@@ -12,6 +12,10 @@ modes alternate in every repeat so drift of the machine's load affects both alik
 
 from __future__ import annotations
 
+from robust_gen.launch import start_process
+
+start_process()  # before torch loads: idle OpenMP threads sleep; a mismatched torch trio exits with the fix
+
 import argparse
 import statistics
 import tempfile

@@ -13,6 +13,10 @@ results, report_series.csv / report_series_<metric>.png.
 
 from __future__ import annotations
 
+from robust_gen.launch import start_process
+
+start_process()  # before torch loads: idle OpenMP threads sleep; a mismatched torch trio exits with the fix
+
 import argparse
 import sys
 from pathlib import Path

@@ -24,6 +24,10 @@ reports/<study>[_paper]/. Arguments after ``--`` are added to every training com
 
 from __future__ import annotations
 
+from robust_gen.launch import start_process
+
+start_process()  # before torch loads: idle OpenMP threads sleep; a mismatched torch trio exits with the fix
+
 import argparse
 import json
 import shlex
@@ -37,7 +41,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from robust_gen.report import STUDIES, collect_runs, collect_series, write_study_report  # noqa: E402
+from robust_gen.report import STUDIES, collect_runs, collect_series, write_study_report
 
 #: study -> (recipe, overlays run one after the other into the same sweep folder)
 EXPERIMENTS = {

@@ -12,6 +12,10 @@ similarity_over_steps.png and (with --clean-run) resilience.csv. No network? Tra
 
 from __future__ import annotations
 
+from robust_gen.launch import start_process
+
+start_process()  # before torch loads: idle OpenMP threads sleep; a mismatched torch trio exits with the fix
+
 import argparse
 import sys
 from pathlib import Path

@@ -11,6 +11,10 @@ The domain classifier is trained on the clean references on first use and cached
 
 from __future__ import annotations
 
+from robust_gen.launch import start_process
+
+start_process()  # before torch loads: idle OpenMP threads sleep; a mismatched torch trio exits with the fix
+
 import logging
 from typing import Any
 

@@ -10,6 +10,10 @@ labels int64 [N] balanced over the classes or -1, captions object array), grid.p
 
 from __future__ import annotations
 
+from robust_gen.launch import start_process
+
+start_process()  # before torch loads: idle OpenMP threads sleep; a mismatched torch trio exits with the fix
+
 import logging
 
 import hydra

@@ -12,6 +12,10 @@ Re-running the same command resumes from the last checkpoint (the autoencoder an
 
 from __future__ import annotations
 
+from robust_gen.launch import start_process
+
+start_process()  # before torch loads: idle OpenMP threads sleep; a mismatched torch trio exits with the fix
+
 import logging
 from pathlib import Path
 

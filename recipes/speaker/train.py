@@ -13,6 +13,10 @@ different-speaker utterance pairs go to ``<model>/calibration.json`` and the log
 
 from __future__ import annotations
 
+from robust_gen.launch import start_process
+
+start_process()  # before torch loads: idle OpenMP threads sleep; a mismatched torch trio exits with the fix
+
 import logging
 import time
 from pathlib import Path

@@ -15,11 +15,11 @@ resumes from the newest checkpoint.
 
 from __future__ import annotations
 
-import os
+from robust_gen.launch import start_process
 
-# Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. On a busy machine (parallel test
-# runs, other jobs) spinning threads made CPU training over 10x slower; on an idle one sleeping costs ~nothing.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+start_process()  # before torch loads: idle OpenMP threads sleep; a mismatched torch trio exits with the fix
+
+
 
 import logging
 from pathlib import Path

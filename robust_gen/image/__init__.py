@@ -13,3 +13,9 @@ Modules (import what you need; nothing heavy is imported here):
 * :mod:`~robust_gen.image.sampling`: guided sampling, ``images.npz`` and grids;
 * :mod:`~robust_gen.image.build`: all of the above from the Hydra config, and a trained run back from its folder.
 """
+
+from robust_gen.environment import check_torch_family
+
+# diffusers imports torchaudio whenever it is installed, so a mismatched torchaudio breaks the image stack too:
+# say so with the versions and the fix before diffusers fails with an undefined symbol.
+check_torch_family()
