@@ -5,9 +5,12 @@ import sys
 
 import pytest
 
-# Idle OpenMP threads sleep instead of spinning: on a small, shared CPU a spinning pool makes tiny tensor ops
-# (most of this suite) up to 30x slower. Must be set before torch is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The process start every entry point uses (robust_gen.launch): idle OpenMP threads sleep instead of spinning; on
+# a small, shared CPU a spinning pool makes tiny tensor ops (most of this suite) up to 30x slower. Before torch
+# is imported. The torch-family check has its own tests (tests/test_environment.py).
+from robust_gen.launch import start_process
+
+start_process(check_torch=False)
 # No test may reach a model hub; the offline paths are what the suite checks.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from robust_gen.image.autoencoder import ImageAutoencoder
 from robust_gen.image.build import build_task
+from robust_gen.image.model.autoencoder import ImageAutoencoder
 from robust_gen.image.task import ImageDiffusionTask
 from robust_gen.training.recipe import CONFIG_ROOT
 

@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from robust_gen.speech.alignment import monotonic_alignment_search
+from robust_gen.speech.gradtts.alignment import monotonic_alignment_search
 
 try:
     import numba

@@ -50,11 +50,11 @@ from _flops import count_flops, dense_bf16_peak_tflops, utilisation
 from _image_setup import AUTOENCODERS, IMAGE_MODELS, random_autoencoder, random_task
 
 from robust_gen.diffusion.randomness import BatchGenerator
-from robust_gen.image.data import Augmentation, LatentImageDataset
-from robust_gen.image.denoiser import count_parameters
-from robust_gen.image.imaging import to_model_range
-from robust_gen.image.latents import LatentTable, encode_images, latent_std
-from robust_gen.image.sources import load_digits_source
+from robust_gen.image.data.dataset import Augmentation, LatentImageDataset
+from robust_gen.image.data.imaging import to_model_range
+from robust_gen.image.data.latents import LatentTable, encode_images, latent_std
+from robust_gen.image.data.sources import load_digits_source
+from robust_gen.image.model.denoiser import count_parameters
 from robust_gen.training.recipe import compose_config
 from robust_gen.training.run_dir import write_json
 

@@ -50,10 +50,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _image_setup import AUTOENCODERS, IMAGE_MODELS, random_autoencoder, random_task
 
-from robust_gen.image.denoiser import count_parameters
+from robust_gen.image.model.denoiser import count_parameters
 from robust_gen.image.sampling import SAMPLER_NAMES, balanced_request, generate
-from robust_gen.speech.gradtts import GradTTS
-from robust_gen.speech.mel import MelConfig
+from robust_gen.speech.data.mel import MelConfig
+from robust_gen.speech.gradtts.model import GradTTS
 from robust_gen.speech.synthesis import Synthesizer
 from robust_gen.training.recipe import CONFIG_ROOT, compose_config
 from robust_gen.training.run_dir import write_json

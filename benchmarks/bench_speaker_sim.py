@@ -24,9 +24,8 @@ from pathlib import Path
 
 import torch
 
-from robust_gen.speech.corpus import synthesize_corpus
-from robust_gen.speech.filelists import read_filelist
-from robust_gen.speech.speaker_model import (
+from robust_gen.speaker import (
+    SpeakerEmbedder,
     SpeakerModelSpec,
     TrainedSpeakerModel,
     build_speaker_modules,
@@ -34,7 +33,8 @@ from robust_gen.speech.speaker_model import (
     load_speaker_encoder,
     save_speaker_model,
 )
-from robust_gen.speech.speaker_similarity import SpeakerEmbedder
+from robust_gen.speech.data.corpus import synthesize_corpus
+from robust_gen.speech.data.filelists import read_filelist
 
 DEFAULT_MODEL = Path("runs/speaker/default/model")
 

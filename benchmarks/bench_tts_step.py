@@ -34,13 +34,13 @@ from omegaconf import OmegaConf
 
 from robust_gen.diffusion.losses import L2Loss
 from robust_gen.diffusion.randomness import BatchGenerator
-from robust_gen.speech.alignment import monotonic_alignment_search
-from robust_gen.speech.audio import load_audio
-from robust_gen.speech.corpus import DEFAULT_VOICES, synthesize_corpus
-from robust_gen.speech.dataset import MelCache, TTSDataset, collate_tts, prepare_utterances, speaker_map
-from robust_gen.speech.filelists import read_filelist
-from robust_gen.speech.gradtts import GradTTS, prior_log_likelihood
-from robust_gen.speech.mel import MelConfig, MelSpectrogram
+from robust_gen.speech.data.audio import load_audio
+from robust_gen.speech.data.corpus import DEFAULT_VOICES, synthesize_corpus
+from robust_gen.speech.data.dataset import MelCache, TTSDataset, collate_tts, prepare_utterances, speaker_map
+from robust_gen.speech.data.filelists import read_filelist
+from robust_gen.speech.data.mel import MelConfig, MelSpectrogram
+from robust_gen.speech.gradtts.alignment import monotonic_alignment_search
+from robust_gen.speech.gradtts.model import GradTTS, prior_log_likelihood
 from robust_gen.speech.task import GradTTSTask
 from robust_gen.speech.text import text_to_ids
 
@@ -104,7 +104,7 @@ def alignment_times(
     fast: GradTTSTask, plain: GradTTSTask, batch: dict, repeats: int = 3
 ) -> tuple[float, float]:
     """Median milliseconds of the alignment search alone on one batch, for both tasks."""
-    from robust_gen.speech.text_encoder import sequence_mask
+    from robust_gen.speech.gradtts.text_encoder import sequence_mask
 
     with torch.no_grad():
         mu_x, _, x_mask = fast.model.encode(

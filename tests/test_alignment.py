@@ -1,4 +1,4 @@
-"""Tests for monotonic alignment search (robust_gen.speech.alignment)."""
+"""Tests for monotonic alignment search (robust_gen.speech.gradtts.alignment)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from robust_gen.speech.alignment import monotonic_alignment_search, reference_monotonic_alignment_search
+from robust_gen.speech.gradtts.alignment import (
+    monotonic_alignment_search,
+    reference_monotonic_alignment_search,
+)
 
 FAST_BACKENDS = ("numba", "torch", "auto")
 

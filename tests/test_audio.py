@@ -1,4 +1,4 @@
-"""Tests for robust_gen.speech.audio (load/save/silence) and robust_gen.speech.mel (HiFi-GAN log-mel)."""
+"""Tests for robust_gen.speech.data.audio (load/save/silence) and robust_gen.speech.data.mel (HiFi-GAN log-mel)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from robust_gen.speech import audio as audio_module
-from robust_gen.speech.audio import is_silent, load_audio, peak_db, rms_db, save_audio, to_pcm16
-from robust_gen.speech.mel import MelConfig, MelSpectrogram, mel_filterbank
+from robust_gen.speech.data import audio as audio_module
+from robust_gen.speech.data.audio import is_silent, load_audio, peak_db, rms_db, save_audio, to_pcm16
+from robust_gen.speech.data.mel import MelConfig, MelSpectrogram, mel_filterbank
 
 
 def sine(freq: float, sample_rate: int, seconds: float, amplitude: float = 0.5) -> np.ndarray:

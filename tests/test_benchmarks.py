@@ -73,7 +73,7 @@ def test_bench_sampling_rejects_bad_arguments():
 
 def test_constant_durations_give_each_token_that_many_frames():
     bench = _load("bench_sampling")
-    from robust_gen.speech.gradtts import GradTTS
+    from robust_gen.speech.gradtts.model import GradTTS
 
     model = GradTTS.tiny()
     bench.constant_durations(model, 3)

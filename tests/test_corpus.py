@@ -1,4 +1,4 @@
-"""Tests for the espeak-ng driver and the embedded offline corpus (robust_gen.speech.espeak / corpus)."""
+"""Tests for the espeak-ng driver and the embedded offline corpus (robust_gen.speech.data.espeak / corpus)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from robust_gen.speech import corpus as corpus_module
-from robust_gen.speech.audio import is_silent, load_audio
-from robust_gen.speech.corpus import (
+from robust_gen.speech.data import corpus as corpus_module
+from robust_gen.speech.data.audio import is_silent, load_audio
+from robust_gen.speech.data.corpus import (
     DEFAULT_VOICES,
     HELD_OUT_VOICES,
     SAMPLE_RATE,
@@ -24,8 +24,8 @@ from robust_gen.speech.corpus import (
     synthesize_corpus,
     voice_distinctness,
 )
-from robust_gen.speech.espeak import EspeakSynthesizer, VoiceSpec, check_voice_name
-from robust_gen.speech.filelists import read_filelist
+from robust_gen.speech.data.espeak import EspeakSynthesizer, VoiceSpec, check_voice_name
+from robust_gen.speech.data.filelists import read_filelist
 
 TINY_VOICES = (DEFAULT_VOICES[0], DEFAULT_VOICES[6], DEFAULT_VOICES[2])  # us_m1, gb_f2, rp_m3
 

@@ -79,7 +79,7 @@ def test_disk_full_while_writing_samples_keeps_the_previous_ones(tmp_path, monke
 
 def test_disk_full_while_writing_speech_samples_and_manifests(tmp_path, monkeypatch):
     from robust_gen.corruption import flip_labels
-    from robust_gen.speech.audio import save_audio
+    from robust_gen.speech.data.audio import save_audio
 
     save_audio(tmp_path / "a.wav", torch.zeros(100), 22050)
     _, manifest = flip_labels([0, 1, 0, 1], 0.5, 2, seed=0)

@@ -1,4 +1,4 @@
-"""Tests for robust_gen.speech.filelists: filelist, LJSpeech and LibriTTS layouts, atomic writing."""
+"""Tests for robust_gen.speech.data.filelists: filelist, LJSpeech and LibriTTS layouts, atomic writing."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from robust_gen.speech.filelists import read_filelist, read_libritts, read_ljspeech, write_filelist
+from robust_gen.speech.data.filelists import read_filelist, read_libritts, read_ljspeech, write_filelist
 
 
 def touch(path: Path) -> Path:

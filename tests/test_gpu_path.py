@@ -16,10 +16,10 @@ from robust_gen.diffusion.losses import L2Loss
 from robust_gen.diffusion.objective import DiffusionObjective
 from robust_gen.diffusion.randomness import BatchGenerator
 from robust_gen.diffusion.schedules import DiscreteVP
-from robust_gen.image.conditioners import ClassConditioner
-from robust_gen.image.denoiser import build_backbone, build_denoiser
+from robust_gen.image.model.conditioners import ClassConditioner
+from robust_gen.image.model.denoiser import build_backbone, build_denoiser
 from robust_gen.image.task import ImageDiffusionTask
-from robust_gen.speech.gradtts import GradTTS
+from robust_gen.speech.gradtts.model import GradTTS
 from robust_gen.speech.task import GradTTSTask
 from robust_gen.training.checkpoint import load_latest_checkpoint
 from robust_gen.training.metrics import read_metrics

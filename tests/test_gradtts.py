@@ -11,17 +11,17 @@ import torch
 from robust_gen.diffusion.losses import L2Loss, PseudoHuberLoss
 from robust_gen.diffusion.objective import DiffusionObjective, batch_mean
 from robust_gen.diffusion.randomness import BatchGenerator
-from robust_gen.speech.alignment import reference_monotonic_alignment_search
-from robust_gen.speech.decoder import LinearAttention, ScoreUNet, fix_len_compatibility
-from robust_gen.speech.gradtts import (
+from robust_gen.speech.gradtts.alignment import reference_monotonic_alignment_search
+from robust_gen.speech.gradtts.decoder import LinearAttention, ScoreUNet, fix_len_compatibility
+from robust_gen.speech.gradtts.model import (
     GradTTS,
     duration_loss_per_sample,
     durations_to_path,
     prior_log_likelihood,
     prior_loss_per_sample,
 )
+from robust_gen.speech.gradtts.text_encoder import RelativeSelfAttention, sequence_mask
 from robust_gen.speech.task import GradTTSTask, random_segments, segment_frames_for
-from robust_gen.speech.text_encoder import RelativeSelfAttention, sequence_mask
 
 LOG_2PI = math.log(2 * math.pi)
 

@@ -12,11 +12,11 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from robust_gen.diffusion.schedules import DiscreteVP
-from robust_gen.image.autoencoder import _build_small
 from robust_gen.image.build import build_source, fill_from_data
-from robust_gen.image.conditioners import build_conditioner
-from robust_gen.image.data import CONTROL_NAMES
-from robust_gen.image.denoiser import build_denoiser, count_parameters
+from robust_gen.image.data.dataset import CONTROL_NAMES
+from robust_gen.image.model.autoencoder import _build_small
+from robust_gen.image.model.conditioners import build_conditioner
+from robust_gen.image.model.denoiser import build_denoiser, count_parameters
 from robust_gen.image.sampling import get_image_sampler
 from robust_gen.training.recipe import CONFIG_ROOT, compose_config, register_resolvers, trainer_config
 

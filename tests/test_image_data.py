@@ -16,11 +16,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from robust_gen.corruption import CaptionSwap, LabelFlip
-from robust_gen.image.autoencoder import ImageAutoencoder
 from robust_gen.image.build import build_source
-from robust_gen.image.data import CONTROL_NAMES, Augmentation, LatentImageDataset
-from robust_gen.image.latents import LatentTable, cache_key, load_or_encode
-from robust_gen.image.sources import (
+from robust_gen.image.data.dataset import CONTROL_NAMES, Augmentation, LatentImageDataset
+from robust_gen.image.data.latents import LatentTable, cache_key, load_or_encode
+from robust_gen.image.data.sources import (
     DIGIT_WORDS,
     SKIPPED_IMAGES_FILE,
     load_folder_source,
@@ -28,6 +27,7 @@ from robust_gen.image.sources import (
     load_table_source,
     read_caption_table,
 )
+from robust_gen.image.model.autoencoder import ImageAutoencoder
 
 
 def test_digits_source_is_real_labelled_and_captioned():
@@ -118,7 +118,7 @@ def test_folder_bad_image_is_skipped_counted_and_listed_or_named(tmp_path, kind,
     cfg = {"source": "folder", "root": str(tmp_path / "data"), "resolution": 8}
     with pytest.raises(ValueError, match=rf"cannot read image .*{re.escape(name)}: {re.escape(reason)}.*data\.on_bad=skip"):
         build_source({**cfg, "on_bad": "error"})
-    with caplog.at_level(logging.WARNING, logger="robust_gen.image.sources"):
+    with caplog.at_level(logging.WARNING, logger="robust_gen.image.data.sources"):
         src = build_source({**cfg, "on_bad": "skip"}, run_dir=tmp_path / "run")
     # the rest loads, with the image array and the records still aligned
     assert src.images.shape == (4, 8, 8, 3) and [r["label"] for r in src.records] == [0, 0, 1, 1]
@@ -173,7 +173,7 @@ def _bad_table(root, suffix, keep=None):
 def test_table_bad_rows_are_skipped_counted_and_listed(tmp_path, suffix, caplog):
     table = _bad_table(tmp_path, suffix)
     cfg = {"source": "table", "table": str(table), "label_column": "kind", "resolution": 8, "channels": 1}
-    with caplog.at_level(logging.WARNING, logger="robust_gen.image.sources"):
+    with caplog.at_level(logging.WARNING, logger="robust_gen.image.data.sources"):
         src = build_source({**cfg, "on_bad": "skip"}, run_dir=tmp_path / "run")
     assert [r["caption"] for r in src.records] == ["a grey square", "a white square"]
     assert src.images.shape == (2, 8, 8, 1) and src.images[1].min() == 255  # images follow their rows

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from robust_gen.image import metrics
-from robust_gen.image.classifier import load_domain_classifier, train_domain_classifier
-from robust_gen.image.metrics import (
+from robust_gen.image.eval import metrics
+from robust_gen.image.eval.classifier import load_domain_classifier, train_domain_classifier
+from robust_gen.image.eval.metrics import (
     FeatureCosineSimilarity,
     SampleSet,
     conditional_accuracy,

@@ -14,9 +14,9 @@ from robust_gen.diffusion.objective import DiffusionObjective
 from robust_gen.diffusion.randomness import BatchGenerator
 from robust_gen.diffusion.samplers import ddim
 from robust_gen.diffusion.schedules import DiscreteVP
-from robust_gen.image.autoencoder import ImageAutoencoder
-from robust_gen.image.conditioners import ClassConditioner, TextConditioner
-from robust_gen.image.denoiser import build_denoiser
+from robust_gen.image.model.autoencoder import ImageAutoencoder
+from robust_gen.image.model.conditioners import ClassConditioner, TextConditioner
+from robust_gen.image.model.denoiser import build_denoiser
 from robust_gen.image.sampling import SampleRequest, generate, get_image_sampler
 from robust_gen.image.task import ImageDiffusionTask
 
@@ -160,7 +160,7 @@ def test_generate_is_independent_of_batch_size(routing):
 
 
 def test_trained_autoencoder_is_saved_reused_and_checked(tmp_path):
-    from robust_gen.image.autoencoder import build_autoencoder
+    from robust_gen.image.model.autoencoder import build_autoencoder
 
     images = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 1), dtype=np.uint8)
     cfg = {"mode": "trained", "kind": "kl", "model": {"block_out_channels": [8, 8], "norm_num_groups": 4,

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from robust_gen.report import (
-    STUDIES,
+from robust_gen.experiments.report import (
     aggregate,
     collect_runs,
     collect_series,
@@ -21,6 +20,7 @@ from robust_gen.report import (
     varying_keys,
     write_study_report,
 )
+from robust_gen.experiments.studies import STUDIES
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -21,7 +21,9 @@ def test_dry_run_plans_the_training_sweeps(study, scale, capsys):
     driver = _driver()
     assert driver.main([study, "--scale", scale, "--dry-run", "--", "trainer.max_steps=3"]) == 0
     printed = capsys.readouterr().out
-    recipe, overlays = driver.EXPERIMENTS[study]
+    from robust_gen.experiments.studies import STUDIES
+
+    recipe, overlays = STUDIES[study].recipe, STUDIES[study].overlays
     for overlay in overlays:
         suffix = "_paper" if scale == "paper" else ""
         assert f"recipes/{recipe}/train.py -m +experiment={overlay}{suffix}" in printed

@@ -19,14 +19,16 @@ import pytest
 import soundfile as sf
 import torch
 
-from robust_gen.speech.audio import load_audio, save_audio
-from robust_gen.speech.corpus import DEFAULT_VOICES, HELD_OUT_VOICES, synthesize_corpus
-from robust_gen.speech.filelists import read_filelist
-from robust_gen.speech.speaker_model import (
+from robust_gen.speaker import (
+    CSV_NAME,
+    JSON_NAME,
+    SpeakerEmbedder,
     SpeakerModelSpec,
     SpeakerModelUnavailable,
     SpeakerTrainingConfig,
     build_speaker_modules,
+    collect_synthesized,
+    evaluate_speaker_similarity,
     hyperparams_yaml,
     load_speaker_encoder,
     model_threshold,
@@ -34,13 +36,9 @@ from robust_gen.speech.speaker_model import (
     train_speaker_model,
     training_voices,
 )
-from robust_gen.speech.speaker_similarity import (
-    CSV_NAME,
-    JSON_NAME,
-    SpeakerEmbedder,
-    collect_synthesized,
-    evaluate_speaker_similarity,
-)
+from robust_gen.speech.data.audio import load_audio, save_audio
+from robust_gen.speech.data.corpus import DEFAULT_VOICES, HELD_OUT_VOICES, synthesize_corpus
+from robust_gen.speech.data.filelists import read_filelist
 
 REPO = Path(__file__).resolve().parents[1]
 VOICES = DEFAULT_VOICES[:3]  # us_m1, gb_m2, rp_m3

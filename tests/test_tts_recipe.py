@@ -16,15 +16,15 @@ import torch
 from omegaconf import OmegaConf
 
 from robust_gen.corruption import NoCorruption
-from robust_gen.speech.audio import load_audio, save_audio
-from robust_gen.speech.dataset import (
+from robust_gen.speech.data.audio import load_audio, save_audio
+from robust_gen.speech.data.dataset import (
     BadUtteranceError,
     DataChecks,
     MelCache,
     build_training_set,
     prepare_utterances,
 )
-from robust_gen.speech.mel import MelConfig, MelSpectrogram
+from robust_gen.speech.data.mel import MelConfig, MelSpectrogram
 from robust_gen.speech.synthesis import load_trained
 from robust_gen.speech.vocoder import (
     GriffinLimVocoder,
@@ -206,7 +206,7 @@ def test_every_config_composes(cache_dir, data, model):
         overrides=[f"data={data}", f"model={model}", "loss=pseudo_huber", "corruption=speaker_mix"]
     )
     assert cfg.data.source == data and "on_bad" in cfg.data
-    assert cfg.model._target_ == "robust_gen.speech.gradtts.GradTTS"
+    assert cfg.model._target_ == "robust_gen.speech.gradtts.model.GradTTS"
     paper = _compose(overrides=["+experiment=paper"])
     assert paper.model.decoder_dim == 64 and paper.segment_seconds == 2.0 and paper.trainer.lr == 1e-4
 
@@ -321,7 +321,7 @@ def test_mels_are_cached_once(bad_filelist, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the mel was recomputed")
 
-    monkeypatch.setattr("robust_gen.speech.mel_cache.load_audio", fail)
+    monkeypatch.setattr("robust_gen.speech.data.mel_cache.load_audio", fail)
     second = prepare_utterances([record], cache=cache, checks=DataChecks())
     assert first.records[0]["mel_file"] == second.records[0]["mel_file"]
     assert first.records[0]["num_frames"] == second.records[0]["num_frames"] == 86

@@ -5,7 +5,7 @@
     python tools/report.py custom runs/image/my_sweep --by corruption.ratio loss.method --x corruption.ratio \\
         --metric eval.best.fid --where condition.kind=class
 
-Studies: slight_label, slight_caption, huber_image, huber_speech, conditioning (robust_gen/report.py STUDIES), or
+Studies: slight_label, slight_caption, huber_image, huber_speech, conditioning (robust_gen/experiments/studies.py), or
 ``custom`` (rows: --by, default every config key that varies between the runs but the seeds). Writes
 <out>/report.md, report.csv (aggregated), report_runs.csv (every run), report_<metric>.png and, for per-step
 results, report_series.csv / report_series_<metric>.png.
@@ -23,14 +23,13 @@ from pathlib import Path
 
 import yaml
 
-from robust_gen.report import (
-    STUDIES,
-    StudySpec,
+from robust_gen.experiments.report import (
     collect_runs,
     collect_series,
     varying_keys,
     write_study_report,
 )
+from robust_gen.experiments.studies import STUDIES, StudySpec
 
 
 def _where(text: str) -> tuple[str, object]:

@@ -29,243 +29,17 @@ from robust_gen.launch import start_process
 start_process()  # before torch loads: idle OpenMP threads sleep; a mismatched torch trio exits with the fix
 
 import argparse
-import json
-import shlex
-import shutil
-import subprocess
 import sys
-from pathlib import Path
 
-import yaml
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from robust_gen.report import STUDIES, collect_runs, collect_series, write_study_report
-
-#: study -> (recipe, overlays run one after the other into the same sweep folder)
-EXPERIMENTS = {
-    "slight_label": ("image", ["slight_label"]),
-    "slight_caption": ("image", ["slight_caption"]),
-    "huber_image": ("image", ["huber_image", "huber_image_schedules"]),
-    "huber_speech": ("tts", ["huber_speech"]),
-    "conditioning": ("image", ["conditioning"]),
-}
-SHARED_AUTOENCODER_STEPS = 1  # the prep run trains the autoencoder, then one diffusion step
-
-
-def compose_train_config(recipe: str, overlay: str, extra: list[str]) -> dict:
-    """The composed training config of an overlay (with ``hydra``), as plain data."""
-    from omegaconf import OmegaConf
-
-    from robust_gen.training.recipe import compose_config
-
-    # only what names the sweep folder: the rest may be sweeps (a,b), which compose does not take
-    sweep_only = [o for o in extra if o.startswith(("hydra.sweep.dir=", "study.name="))]
-    cfg = compose_config(recipe, "train", [f"+experiment={overlay}", *sweep_only], return_hydra_config=True)
-    return {"study": OmegaConf.to_container(cfg.study, resolve=False), "sweep_dir": str(cfg.hydra.sweep.dir)}
-
-
-class Runner:
-    def __init__(self, dry_run: bool, log_dir: Path) -> None:
-        self.dry_run, self.log_dir = dry_run, log_dir
-
-    def __call__(self, args: list[str], name: str) -> None:
-        print("$ " + shlex.join(args), flush=True)
-        if self.dry_run:
-            return
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = self.log_dir / f"{name}.log"
-        with log.open("a") as handle:
-            result = subprocess.run(args, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, check=False)
-        if result.returncode != 0:
-            tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
-            raise SystemExit(f"run_experiment: step failed ({result.returncode}): {shlex.join(args)}\n"
-                             f"--- last lines of {log} ---\n{tail}")  # fmt: skip
-
-
-def path_override(key: str, path: str | Path) -> str:
-    """``key='path'``: run folders are named after their overrides (``a=1,b=2``), which Hydra's override grammar
-    would otherwise read as more overrides."""
-    text = str(path)
-    if "'" in text:
-        raise SystemExit(f"run_experiment: paths with a single quote are not supported: {text}")
-    return f"{key}='{text}'"
-
-
-def merge_overrides(*groups: list[str]) -> list[str]:
-    """Overrides in order, a later value of the same key replacing an earlier one (Hydra refuses duplicates).
-
-    >>> merge_overrides(["a=1", "b=2"], ["a=3"])
-    ['a=3', 'b=2']
-    """
-    merged: dict[str, str] = {}
-    for override in (o for group in groups for o in group):
-        merged[override.split("=", 1)[0]] = override
-    return list(merged.values())
-
-
-def _check_filled(overrides: list[str], where: str) -> None:
-    missing = [o for o in overrides if o.endswith("=???")]
-    if missing:
-        raise SystemExit(
-            f"run_experiment: {where} leaves {missing} to be set: pass e.g. --sample-args/--eval-args "
-            f"'{missing[0].replace('???', '<value>')}'"
-        )
-
-
-def shared_autoencoder(run: Runner, root: Path) -> list[str]:
-    """Train (once) the tiny autoencoder and return the overrides that make every run use it and its cache."""
-    shared = root / "_shared_autoencoder"
-    if not (shared / "autoencoder" / "config.json").is_file():
-        run([sys.executable, "recipes/image/train.py", path_override("hydra.run.dir", shared),
-             f"trainer.max_steps={SHARED_AUTOENCODER_STEPS}", "trainer.progress=false"], "shared_autoencoder")  # fmt: skip
-    return [
-        "autoencoder=pretrained",
-        path_override("autoencoder.path", (shared / "autoencoder").resolve()),
-        path_override("latents.cache_dir", (root / "_shared_latents").resolve()),
-    ]
-
-
-def _run_dirs(sweep_dir: Path) -> list[Path]:
-    return sorted(p.parent for p in sweep_dir.glob("*/config.yaml") if (p.parent / "checkpoints").is_dir())
-
-
-def _config(run_dir: Path) -> dict:
-    return yaml.safe_load((run_dir / "config.yaml").read_text())
-
-
-def _clean_run(run_dir: Path, runs: list[Path]) -> Path | None:
-    """The run with corruption ratio 0 and otherwise the same settings (loss, seed, ...) as ``run_dir``."""
-    cfg = _config(run_dir)
-    if cfg["corruption"]["ratio"] == 0:
-        return None
-    for other in runs:
-        o = _config(other)
-        if o["corruption"]["ratio"] == 0 and {**o, "corruption": None} == {**cfg, "corruption": None}:
-            return other
-    return None
-
-
-def _sample_stamps(run_dir: Path) -> dict[str, int]:
-    return {p.parent.name: p.stat().st_mtime_ns for p in (run_dir / "samples").glob("*/images.npz")}
-
-
-def sample_with_control(run_dir: Path, overrides: list[str], control: list[float]) -> None:
-    """recipes/image/sample.py's ``sample`` with ``control_values`` set, in this process (the driver then renames
-    the new sample folder to its study tag)."""
-    import importlib.util
-
-    from omegaconf import open_dict
-
-    from robust_gen.training.recipe import compose_config
-
-    spec = importlib.util.spec_from_file_location(
-        "image_sample_recipe", REPO / "recipes" / "image" / "sample.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    cfg = compose_config("image", "sample", [path_override("run_dir", run_dir), *overrides])
-    with open_dict(cfg):
-        cfg.control_values = [float(v) for v in control]
-    module.sample(cfg)
-
-
-def _sample_tag(
-    run: Runner, run_dir: Path, overrides: list[str], tag: str, control: list[float], force: bool
-):
-    """Sample ``run_dir`` with ``control`` into ``samples/<tag>`` (sample.py names its folders
-    <sampler><steps>_g<scale>, with no room for the control values, so the new folder is renamed)."""
-    target = run_dir / "samples" / tag
-    if (target / "images.npz").is_file() and not force:
-        return
-    print(
-        f"$ (in process) recipes/image/sample.py run_dir={run_dir} {shlex.join(overrides)} control={control}"
-    )
-    if run.dry_run:
-        return
-    before = _sample_stamps(run_dir)
-    sample_with_control(run_dir, overrides, control)
-    written = [name for name, stamp in _sample_stamps(run_dir).items() if before.get(name) != stamp]
-    written = [
-        name for name in written if name not in ("centred", "shifted") and not name.startswith("step_")
-    ]
-    if len(written) != 1:
-        raise SystemExit(f"run_experiment: expected one new sample folder in {run_dir}/samples for tag {tag!r} "
-                         f"(one guidance scale), got {written}")  # fmt: skip
-    if target.exists():
-        shutil.rmtree(target)
-    (run_dir / "samples" / written[0]).rename(target)
-    (target / "study_control.json").write_text(json.dumps({"tag": tag, "control": control}))
-
-
-def image_study(
-    run: Runner, runs: list[Path], force: bool, sample_args: list[str], eval_args: list[str]
-) -> None:
-    for run_dir in runs:
-        study = _config(run_dir)["study"]
-        overrides = merge_overrides(study["sample"], sample_args)
-        _check_filled(overrides, f"{run_dir}/config.yaml study.sample")
-        if (
-            "shifted_crop" in study
-        ):  # Berrada et al.: the same seeds and labels, only the crop condition moved
-            meta = json.loads((run_dir / "image_meta.json").read_text())
-            centred = list(meta["sample_control"])
-            shifted = [*study["shifted_crop"], *centred[2:]]
-            _sample_tag(run, run_dir, overrides, "centred", centred, force)
-            _sample_tag(run, run_dir, overrides, "shifted", shifted, force)
-        elif force or not any((run_dir / "samples").glob("*_g*/images.npz")):
-            run(
-                [sys.executable, "recipes/image/sample.py", path_override("run_dir", run_dir), *overrides],
-                "sample",
-            )
-    for run_dir in runs:
-        study = _config(run_dir)["study"]
-        if (run_dir / "eval" / "metrics.json").is_file() and not force:
-            continue
-        overrides = merge_overrides(study["evaluate"], eval_args)
-        _check_filled(overrides, f"{run_dir}/config.yaml study.evaluate")
-        clean = _clean_run(run_dir, runs) if study.get("clean_reference") else None
-        extra = [path_override("clean_run_dir", clean)] if clean is not None else []
-        run(
-            [
-                sys.executable,
-                "recipes/image/evaluate.py",
-                path_override("run_dir", run_dir),
-                *overrides,
-                *extra,
-            ],
-            "evaluate",
-        )
-
-
-def speech_study(run: Runner, runs: list[Path], force: bool) -> None:
-    from robust_gen.speech.corpus import DEFAULT_VOICES, default_corpus_root
-
-    for run_dir in runs:
-        out = run_dir / "speaker_sim"
-        if (out / "speaker_similarity.json").is_file() and not force:
-            continue
-        cfg = _config(run_dir)
-        data = cfg["data"]
-        if data.get("source") == "espeak" and data.get("root") is None:
-            refs = default_corpus_root(data.get("voices") or DEFAULT_VOICES, data["utterances_per_voice"],
-                                       data["corpus_seed"])  # fmt: skip
-        else:
-            refs = data.get("filelist") or data.get("root")
-        clean = _clean_run(run_dir, runs) if cfg["study"].get("clean_reference") else None
-        args = [sys.executable, "tools/speaker_sim.py", "--model", cfg["study"]["speaker_model"], "--refs",
-                str(refs), "--runs", str(run_dir), "--out", str(out), "--no-progress"]  # fmt: skip
-        if clean is not None:
-            args += ["--clean-run", str(clean)]
-        run(args, "speaker_sim")
+from robust_gen.experiments.driver import run_study
+from robust_gen.experiments.studies import STUDIES
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("study", choices=list(EXPERIMENTS))
+    parser.add_argument("study", choices=list(STUDIES))
     parser.add_argument("--scale", choices=["cpu", "paper"], default="cpu")
     parser.add_argument("--report-only", action="store_true", help="only (re)write the report")
     parser.add_argument("--skip-train", action="store_true", help="sample / evaluate / report existing runs")
@@ -285,36 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv[:split])
     args.train_overrides = argv[split + 1 :]  # after --: overrides for every training command
 
-    recipe, overlays = EXPERIMENTS[args.study]
-    if args.scale == "paper":
-        overlays = [f"{o}_paper" for o in overlays]
-    composed = compose_train_config(recipe, overlays[0], args.train_overrides)
-    sweep_dir = REPO / composed["sweep_dir"]
-    name = composed["study"]["name"]
-    run = Runner(args.dry_run, REPO / "runs" / "logs" / name)
-
-    if not args.report_only:
-        extra = list(args.train_overrides)
-        if recipe == "image" and args.scale == "cpu" and not args.no_shared_autoencoder:
-            extra += shared_autoencoder(run, sweep_dir.parent)
-        if not args.skip_train:
-            for overlay in overlays:
-                run([sys.executable, f"recipes/{recipe}/train.py", "-m", f"+experiment={overlay}",
-                     "trainer.progress=false", *extra], f"train_{overlay}")  # fmt: skip
-        runs = _run_dirs(sweep_dir) if not args.dry_run else []
-        if recipe == "image":
-            image_study(run, runs, args.force, args.sample_args, args.eval_args)
-        else:
-            speech_study(run, runs, args.force)
-    if args.dry_run:
-        return 0
-    records = collect_runs([sweep_dir])
-    series = collect_series([sweep_dir])
-    out = Path(args.out) if args.out else REPO / "reports" / name
-    files = write_study_report(records, STUDIES[args.study], out, series=series)
-    print(Path(files["md"]).read_text())
-    print(f"{len(records)} runs; wrote " + ", ".join(str(p) for p in files.values()))
-    return 0
+    return run_study(
+        args.study, scale=args.scale, train_overrides=args.train_overrides, report_only=args.report_only,
+        skip_train=args.skip_train, force=args.force, dry_run=args.dry_run,
+        shared_first_stage=not args.no_shared_autoencoder, sample_args=args.sample_args, eval_args=args.eval_args,
+        out=args.out,
+    )
 
 
 if __name__ == "__main__":

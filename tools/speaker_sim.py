@@ -20,19 +20,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from robust_gen.speech.corpus import default_cache_dir
-from robust_gen.speech.speaker_model import (
+from robust_gen.speaker import (
     DEFAULT_HUB_MODEL,
-    SpeakerModelUnavailable,
-    load_speaker_encoder,
-    model_threshold,
-)
-from robust_gen.speech.speaker_similarity import (
     DEFAULT_THRESHOLDS,
     SpeakerEmbedder,
+    SpeakerModelUnavailable,
     evaluate_speaker_similarity,
+    load_speaker_encoder,
+    model_threshold,
     threshold_key,
 )
+from robust_gen.speech.data.corpus import default_cache_dir
 
 
 def _thresholds(text: str) -> list[float]:

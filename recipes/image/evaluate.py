@@ -22,8 +22,8 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from robust_gen.image.classifier import load_domain_classifier
-from robust_gen.image.metrics import (
+from robust_gen.image.eval.classifier import load_domain_classifier
+from robust_gen.image.eval.metrics import (
     FeatureCosineSimilarity,
     build_feature_extractors,
     evaluate_run,

@@ -1,7 +1,7 @@
 """Train the offline speaker model used by tools/speaker_sim.py.
 
     python recipes/speaker/train.py                      # -> runs/speaker/default/model (about a minute, CPU)
-    python recipes/speaker/train.py training.steps=300 threads=null
+    python recipes/speaker/train.py training.steps=300 cpu_threads=null
     python tools/speaker_sim.py --model runs/speaker/default/model --refs ... --synth ...
 
 A small SpeechBrain ECAPA-TDNN with an AAM-softmax head learns the voices of the embedded espeak-ng corpus
@@ -13,7 +13,7 @@ different-speaker utterance pairs go to ``<model>/calibration.json`` and the log
 
 from __future__ import annotations
 
-from robust_gen.launch import start_process
+from robust_gen.launch import apply_cpu_threads, start_process
 
 start_process()  # before torch loads: idle OpenMP threads sleep; a mismatched torch trio exits with the fix
 
@@ -26,9 +26,8 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from robust_gen.speech.corpus import HELD_OUT_VOICES, synthesize_corpus
-from robust_gen.speech.filelists import read_filelist
-from robust_gen.speech.speaker_model import (
+from robust_gen.speaker import (
+    SpeakerEmbedder,
     SpeakerModelSpec,
     SpeakerTrainingConfig,
     calibrate,
@@ -38,7 +37,8 @@ from robust_gen.speech.speaker_model import (
     train_speaker_model,
     write_calibration,
 )
-from robust_gen.speech.speaker_similarity import SpeakerEmbedder
+from robust_gen.speech.data.corpus import HELD_OUT_VOICES, synthesize_corpus
+from robust_gen.speech.data.filelists import read_filelist
 from robust_gen.training.recipe import CONFIG_ROOT, register_resolvers, write_resolved_config
 
 register_resolvers()
@@ -64,8 +64,7 @@ def _training_records(data: DictConfig) -> list[dict]:
 
 def train(cfg: DictConfig) -> dict:
     """Train, save, reload offline through SpeechBrain, calibrate on held-out voices; return the facts."""
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    apply_cpu_threads(cfg.cpu_threads)
     output_dir = _output_dir(cfg)
     model_dir = Path(cfg.model_dir) if cfg.get("model_dir") else output_dir / "model"
     output_dir.mkdir(parents=True, exist_ok=True)

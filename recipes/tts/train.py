@@ -15,7 +15,7 @@ resumes from the newest checkpoint.
 
 from __future__ import annotations
 
-from robust_gen.launch import start_process
+from robust_gen.launch import apply_cpu_threads, start_process
 
 start_process()  # before torch loads: idle OpenMP threads sleep; a mismatched torch trio exits with the fix
 
@@ -32,8 +32,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from robust_gen.speech.dataset import build_training_set, collate_tts
-from robust_gen.speech.mel import MelConfig
+from robust_gen.speech.data.dataset import build_training_set, collate_tts
+from robust_gen.speech.data.mel import MelConfig
 from robust_gen.speech.synthesis import Synthesizer, write_samples
 from robust_gen.speech.task import GradTTSTask, segment_frames_for
 from robust_gen.speech.vocoder import build_vocoder
@@ -103,6 +103,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Run the recipe with a composed config; ``run_dir`` defaults to Hydra's run folder. Returns the summary."""
     run_dir = Path(run_dir) if run_dir is not None else Path(HydraConfig.get().runtime.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    apply_cpu_threads(cfg.get("cpu_threads"))
     with lock_run(run_dir):  # corpus, mel cache and manifest are written before the trainer starts
         return _train(cfg, run_dir)
 

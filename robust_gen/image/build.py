@@ -21,13 +21,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from robust_gen.conditioning import ConditionalEmbeddingPerturbation
 from robust_gen.diffusion.ema import averaged_weights
 from robust_gen.diffusion.objective import DiffusionObjective
-from robust_gen.image.autoencoder import ImageAutoencoder, build_autoencoder, load_pretrained
-from robust_gen.image.conditioners import build_conditioner
-from robust_gen.image.data import CONTROL_NAMES, Augmentation, LatentImageDataset
-from robust_gen.image.denoiser import build_denoiser, count_parameters
-from robust_gen.image.latents import load_or_encode
-from robust_gen.image.sampling import make_eval_fn
-from robust_gen.image.sources import (
+from robust_gen.image.data.dataset import CONTROL_NAMES, Augmentation, LatentImageDataset
+from robust_gen.image.data.latents import load_or_encode
+from robust_gen.image.data.sources import (
     ImageSource,
     load_digits_source,
     load_folder_source,
@@ -35,7 +31,12 @@ from robust_gen.image.sources import (
     load_table_source,
     report_skipped,
 )
+from robust_gen.image.model.autoencoder import ImageAutoencoder, build_autoencoder, load_pretrained
+from robust_gen.image.model.conditioners import build_conditioner
+from robust_gen.image.model.denoiser import build_denoiser, count_parameters
+from robust_gen.image.sampling import make_eval_fn
 from robust_gen.image.task import ImageDiffusionTask
+from robust_gen.launch import apply_cpu_threads
 from robust_gen.training.checkpoint import resolve_checkpoint
 from robust_gen.training.recipe import load_run_config, write_resolved_config
 from robust_gen.training.run_dir import write_json
@@ -66,7 +67,7 @@ def build_source(data_cfg: dict | DictConfig, run_dir: str | Path | None = None)
     """Load the data of the ``data`` config group (``source: digits | folder | table | hf``).
 
     Images skipped under ``data.on_bad=skip`` are counted in the log and, given ``run_dir``, listed in
-    ``<run_dir>/skipped_images.json`` (:func:`~robust_gen.image.sources.report_skipped`).
+    ``<run_dir>/skipped_images.json`` (:func:`~robust_gen.image.data.sources.report_skipped`).
 
     Examples
     --------
@@ -172,8 +173,8 @@ def prepare_training(cfg: DictConfig, run_dir: str | Path) -> ImageTraining:
 
     run_dir = Path(run_dir)
     state = PartialState(cpu=run_on_cpu(cfg.trainer.cpu))
-    if state.device.type == "cpu" and cfg.get("cpu_threads"):
-        torch.set_num_threads(int(cfg.cpu_threads))
+    if state.device.type == "cpu":
+        apply_cpu_threads(cfg.cpu_threads)
     seed = int(cfg.trainer.seed)
     source = build_source(cfg.data, run_dir if state.is_main_process else None)
     fill_from_data(cfg, source)

@@ -25,8 +25,8 @@ import torch
 
 from robust_gen.diffusion.samplers import EpsModel, Guided, get_sampler
 from robust_gen.diffusion.schedules import DiscreteVP, NoiseSchedule
-from robust_gen.image.autoencoder import ImageAutoencoder
-from robust_gen.image.imaging import save_grid, to_uint8
+from robust_gen.image.data.imaging import save_grid, to_uint8
+from robust_gen.image.model.autoencoder import ImageAutoencoder
 from robust_gen.training.run_dir import atomic_write_bytes, write_json
 
 __all__ = [

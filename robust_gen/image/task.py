@@ -29,8 +29,8 @@ from robust_gen.conditioning import (
 )
 from robust_gen.diffusion.objective import DiffusionObjective
 from robust_gen.diffusion.randomness import BatchGenerator
-from robust_gen.image.conditioners import SemanticCondition
-from robust_gen.image.denoiser import Denoiser
+from robust_gen.image.model.conditioners import SemanticCondition
+from robust_gen.image.model.denoiser import Denoiser
 from robust_gen.training.trainer import LossTerm
 
 __all__ = ["ImageDiffusionTask", "perturb_condition"]
@@ -76,9 +76,9 @@ class ImageDiffusionTask(nn.Module):
     Parameters
     ----------
     denoiser:
-        :class:`~robust_gen.image.denoiser.Denoiser`.
+        :class:`~robust_gen.image.model.denoiser.Denoiser`.
     conditioner:
-        Class or text conditioner (:mod:`robust_gen.image.conditioners`).
+        Class or text conditioner (:mod:`robust_gen.image.model.conditioners`).
     objective:
         :class:`~robust_gen.diffusion.objective.DiffusionObjective` with the configured loss.
     scaling_factor:

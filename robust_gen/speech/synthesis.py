@@ -1,6 +1,6 @@
 """Text -> mel -> waveform with a trained Grad-TTS, and the sample folders a training run writes.
 
-* :func:`load_trained` rebuilds a :class:`~robust_gen.speech.gradtts.GradTTS` from a run folder or checkpoint:
+* :func:`load_trained` rebuilds a :class:`~robust_gen.speech.gradtts.model.GradTTS` from a run folder or checkpoint:
   the checkpoint carries the resolved config (model sizes, mel and text settings, the speaker ids), and its EMA
   weights are used by default.
 * :class:`Synthesizer` turns texts and speaker names into mels (reverse diffusion from ``mu + z / temperature``
@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from robust_gen.speech.audio import save_audio
-from robust_gen.speech.gradtts import GradTTS
-from robust_gen.speech.mel import MelConfig
+from robust_gen.speech.data.audio import save_audio
+from robust_gen.speech.data.mel import MelConfig
+from robust_gen.speech.gradtts.model import GradTTS
 from robust_gen.speech.text import text_to_ids
 from robust_gen.training.run_dir import atomic_write_text, save_figure
 

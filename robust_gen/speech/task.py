@@ -30,9 +30,9 @@ from torch import nn
 
 from robust_gen.diffusion.objective import DiffusionObjective
 from robust_gen.diffusion.randomness import BatchGenerator
-from robust_gen.speech.decoder import fix_len_compatibility
-from robust_gen.speech.gradtts import GradTTS, duration_loss_per_sample, prior_loss_per_sample
-from robust_gen.speech.text_encoder import sequence_mask
+from robust_gen.speech.gradtts.decoder import fix_len_compatibility
+from robust_gen.speech.gradtts.model import GradTTS, duration_loss_per_sample, prior_loss_per_sample
+from robust_gen.speech.gradtts.text_encoder import sequence_mask
 from robust_gen.training.trainer import LossTerm
 
 __all__ = ["GradTTSTask", "random_segments", "segment_frames_for", "step_seeded_dropout"]
@@ -126,7 +126,7 @@ class GradTTSTask(nn.Module):
     Parameters
     ----------
     model:
-        The :class:`~robust_gen.speech.gradtts.GradTTS` being trained.
+        The :class:`~robust_gen.speech.gradtts.model.GradTTS` being trained.
     loss:
         The diffusion term's loss object (``loss(pred, target, t=, schedule=, mask=) -> [B]``), e.g.
         :class:`~robust_gen.diffusion.losses.L2Loss` or :class:`~robust_gen.diffusion.losses.PseudoHuberLoss`.

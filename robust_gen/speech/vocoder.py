@@ -4,7 +4,7 @@
   ``speechbrain.inference.vocoders.HIFIGAN.from_hparams(source=...)``, where ``source`` is a hub id (e.g.
   ``speechbrain/tts-hifigan-ljspeech``, needs the network) or a local folder holding ``hyperparams.yaml`` and
   ``generator.ckpt`` (:func:`write_local_hifigan` writes one). HiFi-GAN and Grad-TTS share the mel definition of
-  :mod:`robust_gen.speech.mel`, so a HiFi-GAN trained on those features reads Grad-TTS's output directly.
+  :mod:`robust_gen.speech.data.mel`, so a HiFi-GAN trained on those features reads Grad-TTS's output directly.
 * :class:`GriffinLimVocoder`: no weights at all. It inverts the mel filterbank (least squares,
   ``torchaudio.transforms.InverseMelScale`` with the same Slaney filterbank) and recovers a phase by Griffin-Lim
   (``torchaudio.transforms.GriffinLim`` with the same STFT settings). Robotic but intelligible on real mels; the
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from robust_gen.speech.mel import MelConfig
+from robust_gen.speech.data.mel import MelConfig
 
 __all__ = ["GriffinLimVocoder", "SpeechBrainHifiGan", "build_vocoder", "write_local_hifigan"]
 
@@ -43,7 +43,7 @@ class GriffinLimVocoder:
     Parameters
     ----------
     mel_config:
-        The features' parameters (:class:`~robust_gen.speech.mel.MelConfig`).
+        The features' parameters (:class:`~robust_gen.speech.data.mel.MelConfig`).
     n_iter:
         Griffin-Lim iterations (32 is torchaudio's default; more is cleaner and slower).
     momentum:
@@ -53,7 +53,7 @@ class GriffinLimVocoder:
 
     Examples
     --------
-    >>> from robust_gen.speech.mel import MelSpectrogram
+    >>> from robust_gen.speech.data.mel import MelSpectrogram
     >>> config = MelConfig()
     >>> tone = 0.5 * torch.sin(2 * torch.pi * 440 * torch.arange(256 * 40) / 22050)
     >>> wav = GriffinLimVocoder(config, n_iter=8)(MelSpectrogram(config)(tone)[None])

@@ -27,61 +27,29 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from robust_gen.speech.speaker_calibration import (
-    CALIBRATION_NAME,
-    KNOWN_THRESHOLDS,
-    calibrate,
-    equal_error_rate,
-    model_threshold,
-    trial_scores,
-    write_calibration,
-)
-from robust_gen.speech.speaker_loading import (
-    CHECKPOINTS,
-    DEFAULT_HUB_MODEL,
-    OFFLINE_HINT,
-    TRAINING_NAME,
-    SpeakerModelUnavailable,
-    encoder_sample_rate,
-    load_speaker_encoder,
-    save_speaker_model,
-)
+from robust_gen.speaker.loading import TRAINING_NAME
 
 log = logging.getLogger(__name__)
 
-# Saving/loading (speaker_loading) and calibration (speaker_calibration) are re-exported so callers keep
-# importing everything from this module.
 __all__ = [
-    "CALIBRATION_NAME",
-    "CHECKPOINTS",
-    "DEFAULT_HUB_MODEL",
-    "KNOWN_THRESHOLDS",
-    "OFFLINE_HINT",
-    "TRAINING_NAME",
     "SpeakerModelSpec",
-    "SpeakerModelUnavailable",
     "SpeakerTrainingConfig",
     "TrainedSpeakerModel",
     "build_speaker_modules",
-    "calibrate",
-    "encoder_sample_rate",
-    "equal_error_rate",
     "espeak_training_records",
     "hyperparams_yaml",
-    "load_speaker_encoder",
-    "model_threshold",
     "save_speaker_model",
     "train_speaker_model",
     "training_voices",
-    "trial_scores",
-    "write_calibration",
 ]
 
 
@@ -262,7 +230,7 @@ def training_voices(extra_voices: Sequence[dict] = ()) -> tuple:
     ...
     ValueError: extra voice x_f5 (en-gb-x-rp+f5) reuses variant 'f5' of held-out voice us_f5; held-out voices must stay unseen
     """
-    from robust_gen.speech.corpus import DEFAULT_VOICES, HELD_OUT_VOICES, VoiceSpec
+    from robust_gen.speech.data.corpus import DEFAULT_VOICES, HELD_OUT_VOICES, VoiceSpec
 
     extras = tuple(VoiceSpec(**dict(v)) for v in extra_voices)
     held_out = {v.voice.partition("+")[2].lower(): v for v in HELD_OUT_VOICES}
@@ -306,8 +274,8 @@ def espeak_training_records(
     >>> len(records), records[-1]["speaker"]
     (11, 'x_m5')
     """
-    from robust_gen.speech.corpus import DEFAULT_VOICES, synthesize_corpus
-    from robust_gen.speech.filelists import read_filelist
+    from robust_gen.speech.data.corpus import DEFAULT_VOICES, synthesize_corpus
+    from robust_gen.speech.data.filelists import read_filelist
 
     voices = training_voices(extra_voices)
     extras = voices[len(DEFAULT_VOICES) :]
@@ -385,7 +353,7 @@ class TrainedSpeakerModel:
 
 
 def _load_training_audio(records: Sequence[dict], sample_rate: int) -> tuple[list[torch.Tensor], list[str]]:
-    from robust_gen.speech.audio import is_silent, load_audio
+    from robust_gen.speech.data.audio import is_silent, load_audio
 
     waves, speakers = [], []
     for record in records:
@@ -472,8 +440,8 @@ def train_speaker_model(
     Examples
     --------
     >>> import tempfile
-    >>> from robust_gen.speech.corpus import DEFAULT_VOICES, synthesize_corpus
-    >>> from robust_gen.speech.filelists import read_filelist
+    >>> from robust_gen.speech.data.corpus import DEFAULT_VOICES, synthesize_corpus
+    >>> from robust_gen.speech.data.filelists import read_filelist
     >>> folder = tempfile.mkdtemp()
     >>> records = read_filelist(synthesize_corpus(f"{folder}/corpus", voices=DEFAULT_VOICES[:2],
     ...                                           utterances_per_voice=2, check_voices=False))
@@ -485,6 +453,7 @@ def train_speaker_model(
     >>> sorted(p.name for p in model_dir.iterdir())  # doctest: +NORMALIZE_WHITESPACE
     ['classifier.ckpt', 'embedding_model.ckpt', 'hyperparams.yaml', 'label_encoder.ckpt',
      'label_encoder.txt', 'mean_var_norm_emb.ckpt', 'training.json']
+    >>> from robust_gen.speaker.loading import encoder_sample_rate, load_speaker_encoder
     >>> encoder_sample_rate(load_speaker_encoder(model_dir))
     16000
     """
@@ -590,3 +559,45 @@ def _fit_embedding_statistics(hparams: dict, waves, by_speaker, per_speaker: int
         embeddings = hparams["embedding_model"](feats, relative)
         norm(embeddings, torch.ones(len(batch)))
     norm.eval()
+
+
+def save_speaker_model(trained: TrainedSpeakerModel, model_dir: str | os.PathLike) -> Path:
+    """Write ``trained`` to ``model_dir`` in the layout of :mod:`robust_gen.speaker.model`; return
+    the directory.
+
+    The files are written into a hidden sibling folder that replaces ``model_dir`` only when complete,
+    so a reader never sees half a model. Each object is saved with SpeechBrain's own checkpoint save
+    hook, the counterpart of the load hook the Pretrainer calls.
+    """
+    from speechbrain.utils.checkpoints import DEFAULT_SAVE_HOOKS, get_default_hook
+
+    model_dir = Path(model_dir).absolute()
+    expected = f"pretrained_path: {json.dumps(model_dir.as_posix())}"
+    if expected not in trained.hparams_text:
+        raise ValueError(f"the model was trained for another directory; train it with model_dir={model_dir}")
+    model_dir.parent.mkdir(parents=True, exist_ok=True)
+    building = model_dir.parent / f".{model_dir.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    building.mkdir()
+    try:
+        (building / "hyperparams.yaml").write_text(trained.hparams_text, encoding="utf-8")
+        for name, filename in (
+            ("embedding_model", "embedding_model.ckpt"),
+            ("mean_var_norm_emb", "mean_var_norm_emb.ckpt"),
+            ("classifier", "classifier.ckpt"),
+            ("label_encoder", "label_encoder.txt"),
+        ):
+            obj = trained.modules[name]
+            get_default_hook(obj, DEFAULT_SAVE_HOOKS)(obj, building / filename)
+        shutil.copyfile(building / "label_encoder.txt", building / "label_encoder.ckpt")
+        facts = {**trained.facts, "speakers": trained.speakers}
+        (building / TRAINING_NAME).write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
+        if model_dir.exists():
+            outdated = model_dir.parent / f".{model_dir.name}.outdated-{uuid.uuid4().hex[:8]}"
+            model_dir.rename(outdated)
+            building.rename(model_dir)
+            shutil.rmtree(outdated, ignore_errors=True)
+        else:
+            building.rename(model_dir)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return model_dir

