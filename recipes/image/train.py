@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from robust_gen.launch import start_process
 
-start_process()  # before torch loads: idle OpenMP threads sleep; a mismatched torch trio exits with the fix
+start_process(help_for="image/train", optional_groups=("experiment",))  # first: --help prints and exits before torch loads; OpenMP threads sleep; torch trio checked
 
 import logging
 from pathlib import Path

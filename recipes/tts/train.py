@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from robust_gen.launch import apply_cpu_threads, start_process
 
-start_process()  # before torch loads: idle OpenMP threads sleep; a mismatched torch trio exits with the fix
+start_process(help_for="tts/train", optional_groups=("experiment",))  # first: --help prints and exits before torch loads; OpenMP threads sleep; torch trio checked
 
 
 
