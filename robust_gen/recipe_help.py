@@ -65,8 +65,13 @@ def config_groups(recipe: str, choices: dict[str, str | None], optional_groups: 
         return "  (none: every setting is a key=value below)"
     width = max(len(name) for name, _ in rows) + 2
     return "\n".join(
-        textwrap.fill(" | ".join(options), 110, initial_indent=f"  {name:<{width}}", subsequent_indent=" " * (width + 2),
-                      break_on_hyphens=False)
+        textwrap.fill(
+            " | ".join(options),
+            110,
+            initial_indent=f"  {name:<{width}}",
+            subsequent_indent=" " * (width + 2),
+            break_on_hyphens=False,
+        )
         for name, options in rows
     )
 
@@ -91,7 +96,9 @@ def recipe_help(config: str, optional_groups: Sequence[str] = (), overrides: Seq
     template = OmegaConf.to_container(cfg.hydra.help, resolve=False)["template"]
     # ${key} by hand rather than by OmegaConf, so values read as they are typed on the command line (null, true)
     text = _INTERPOLATION.sub(lambda m: _override_value(OmegaConf.select(cfg, m.group(1))), template)
-    text = _INTERPOLATION.sub(lambda m: _override_value(OmegaConf.select(cfg, m.group(1))), text)  # header, footer
+    text = _INTERPOLATION.sub(
+        lambda m: _override_value(OmegaConf.select(cfg, m.group(1))), text
+    )  # header, footer
     # Hydra's own help fills the same $-names (string.Template), so the template also works with Hydra's --help
     return string.Template(text).safe_substitute(APP_CONFIG_GROUPS=groups).rstrip() + "\n"
 
@@ -118,7 +125,9 @@ def _override_value(value: object) -> str:
     return str(value)
 
 
-def print_help_if_asked(config: str, optional_groups: Sequence[str] = (), argv: Sequence[str] | None = None) -> None:
+def print_help_if_asked(
+    config: str, optional_groups: Sequence[str] = (), argv: Sequence[str] | None = None
+) -> None:
     """Print :func:`recipe_help` and exit when ``argv`` (default ``sys.argv``) asks for ``--help`` / ``-h``."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not any(a in HELP_FLAGS for a in args):

@@ -23,8 +23,13 @@ def _groups(text: str) -> list[str]:
 
 def test_image_train_help_runs_fast_and_lists_every_group():
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "recipes/image/train.py", "--help"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "recipes/image/train.py", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     seconds = time.perf_counter() - start
     assert out.returncode == 0, out.stderr
     text = out.stdout
