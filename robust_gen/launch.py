@@ -38,11 +38,11 @@ def start_process(
     An explicit ``OMP_WAIT_POLICY`` in the environment wins. A mismatched torch / torchaudio / torchvision exits
     with code 2 and a message naming the installed and needed versions and the pip command that fixes it.
     A recipe passes ``help_for="<recipe>/<config>"`` (and its ``+group`` ``optional_groups``): ``--help`` then
-    prints the recipe's help (:mod:`robust_gen.recipe_help`) and exits, before torch loads.
+    prints the recipe's help (:mod:`robust_gen.training.recipe_help`) and exits, before torch loads.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if help_for is not None:
-        from robust_gen.recipe_help import print_help_if_asked
+        from robust_gen.training.recipe_help import print_help_if_asked
 
         print_help_if_asked(help_for, optional_groups)
     if check_torch:

@@ -146,7 +146,8 @@ def test_pretrained_autoencoder_from_a_local_directory(tmp_path):
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path):
-    common = ["trainer.checkpoint_every=2", "cep=uniform", "condition_dropout.semantic=0.3"]
+    # autoencoder.cache=false: both stages in the run folder (the shared cache has tests/test_autoencoder_cache.py)
+    common = ["trainer.checkpoint_every=2", "cep=uniform", "condition_dropout.semantic=0.3", "autoencoder.cache=false"]
     _train(tmp_path / "a", *common, "trainer.max_steps=3")
     reused = [tmp_path / "a" / "autoencoder" / "diffusion_pytorch_model.safetensors",
               next((tmp_path / "a" / "latents").glob("latents-*.safetensors"))]

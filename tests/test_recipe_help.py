@@ -1,5 +1,5 @@
 """``--help`` of every recipe: what it does, its groups (shared ones included, internal ones hidden), its main
-options with defaults, two examples; printed fast, before torch loads (robust_gen.recipe_help)."""
+options with defaults, two examples; printed fast, before torch loads (robust_gen.training.recipe_help)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from robust_gen.recipe_help import recipe_help
+from robust_gen.training.recipe_help import recipe_help
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING_GROUPS = ("loss", "corruption", "trainer", "data", "model", "autoencoder", "cep", "+experiment")

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from robust_gen.training.run_dir import RunLock, atomic_write_text
 
-if TYPE_CHECKING:  # the trainer loads torch: imported where used, so that `--help` (robust_gen.recipe_help) is fast
+if TYPE_CHECKING:  # the trainer loads torch: imported where used, so that a recipe's --help is fast
     from robust_gen.training.trainer import TrainerConfig
 
 __all__ = [
