@@ -87,6 +87,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         prc_neighborhood=m.prc_neighborhood,
         batch_size=m.batch_size,
         seed=m.seed,
+        progress=bool(cfg.progress),
     )
 
 
