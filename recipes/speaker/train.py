@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from robust_gen.launch import apply_cpu_threads, start_process
 
-start_process(help_for="speaker/train")  # first: --help prints and exits before torch loads; OpenMP threads sleep; torch trio checked
+# first, before torch loads: --help prints and exits; idle OpenMP threads sleep; the torch trio is checked
+start_process(help_for="speaker/train")
 
 import logging
 import time

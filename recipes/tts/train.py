@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from robust_gen.launch import apply_cpu_threads, start_process
 
-start_process(help_for="tts/train", optional_groups=("experiment",))  # first: --help prints and exits before torch loads; OpenMP threads sleep; torch trio checked
+# first, before torch loads: --help prints and exits; idle OpenMP threads sleep; the torch trio is checked
+start_process(help_for="tts/train", optional_groups=("experiment",))
 
 
 
