@@ -66,3 +66,17 @@ def test_speech_help_describes_the_recipe(config, optional):
     assert "_common" not in text
     if config == "tts/train":
         assert {"loss", "corruption", "trainer", "data", "model", "+experiment"} <= set(_groups(text))
+
+
+def test_help_exits_before_torch_loads():
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('torch loaded:', 'torch' in sys.modules))\n"
+        "sys.argv = ['recipes/tts/train.py', '--help']\n"
+        "from robust_gen.launch import start_process\n"
+        "start_process(help_for='tts/train', optional_groups=('experiment',))\n"
+        "print('not reached')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "Train Grad-TTS" in out.stdout and "torch loaded: False" in out.stdout and "not reached" not in out.stdout
