@@ -130,3 +130,17 @@ def test_an_incomplete_entry_is_trained_again(tmp_path, broken):
 
     fetch_or_train(tmp_path, "abc", train)
     assert (tmp_path / "abc" / "autoencoder" / "model.safetensors").is_file()
+
+
+def test_an_unusable_cache_folder_falls_back_to_the_run_folder(tmp_path, caplog):
+    from robust_gen.image.model.autoencoder import build_autoencoder
+
+    (tmp_path / "not_a_folder").write_text("")  # the cache root cannot be created
+    images = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 1), dtype=np.uint8)
+    cfg = {"mode": "trained", "kind": "kl", "cache_dir": str(tmp_path / "not_a_folder" / "cache"),
+           "model": {"block_out_channels": [8, 8], "norm_num_groups": 4, "latent_channels": 2},
+           "train": {"steps": 1, "batch_size": 2}}
+    with caplog.at_level(logging.WARNING):
+        autoencoder = build_autoencoder(cfg, run_dir=tmp_path / "run", images=images, progress=False)
+    assert "not usable" in caplog.text and "autoencoder.cache=false" in caplog.text
+    assert autoencoder.cache_folder is None and (tmp_path / "run" / "autoencoder" / "config.json").is_file()

@@ -285,28 +285,35 @@ def build_autoencoder(
         return ImageAutoencoder(model, kind, channels).to(device)
     folder = Path(run_dir) / cfg.get("dir_name", "autoencoder")
     root = cache_root(cfg)
-    entry = None
-    if root is not None:
-        fingerprint = autoencoder_fingerprint(cfg, images, seed)
-        entry = root / fingerprint
-        if (folder / "config.json").is_file():
-            log.info("reusing the autoencoder trained earlier in %s", folder)
-        else:
-            fetch_or_train(root, fingerprint, lambda tmp: _train_into(tmp, cfg, images, seed, device, progress))
-            copy_folder(entry / "autoencoder", folder)
-    elif not (folder / "config.json").is_file():
+    entry = root / autoencoder_fingerprint(cfg, images, seed) if root is not None else None
+    train = lambda target: _train_into(target, cfg, images, seed, device, progress)  # noqa: E731
+    if (folder / "config.json").is_file():
+        log.info("reusing the autoencoder trained earlier in %s", folder)
+    elif entry is None or not _copy_from_cache(entry, folder, train):
+        entry = None
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        _train_into(tmp, cfg, images, seed, device, progress)
+        train(tmp)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
-    else:
-        log.info("reusing the autoencoder trained earlier in %s", folder)
     model = _model_class(kind).from_pretrained(str(folder))
     _check_same_architecture(model, cfg.get("model") or {}, folder)
     autoencoder = ImageAutoencoder(model, kind, channels).to(device)
     autoencoder.cache_folder = entry
     return autoencoder
+
+
+def _copy_from_cache(entry: Path, folder: Path, train) -> bool:
+    """Copy the cache ``entry``'s autoencoder (trained there first when missing) to ``folder``; False, with a
+    warning, when the cache folder cannot be used (a read-only home, say): the run then trains its own."""
+    try:
+        fetch_or_train(entry.parent, entry.name, train)
+        copy_folder(entry / "autoencoder", folder)
+    except OSError as error:
+        log.warning("the shared autoencoder cache %s is not usable (%s); training in the run folder instead. Set "
+                    "autoencoder.cache_dir=<writable folder>, or autoencoder.cache=false", entry.parent, error)
+        return False
+    return True
 
 
 def _train_into(folder: Path, cfg: dict, images: np.ndarray, seed: int, device, progress: bool) -> None:

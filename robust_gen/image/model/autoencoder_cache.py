@@ -134,8 +134,10 @@ def fetch_or_train(root: Path, fingerprint: str, train: Callable[[Path], None]) 
 
 
 def copy_folder(source: Path, target: Path) -> None:
-    """Copy the folder ``source`` to ``target`` (which must not exist) under a temporary name, then rename."""
+    """Copy the folder ``source`` to ``target`` under a temporary name, then rename (replacing an incomplete
+    ``target``: callers copy only where no complete autoencoder is)."""
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp)
+    shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
