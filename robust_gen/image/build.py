@@ -167,7 +167,8 @@ def prepare_training(cfg: DictConfig, run_dir: str | Path) -> ImageTraining:
     """Data, first stage, latent cache, training set, task and sampling hook for a run in ``run_dir``.
 
     Writes ``config.yaml`` (resolved, with the data-derived corruption settings filled in), the corruption
-    manifest, ``image_meta.json``, the trained autoencoder and the latent cache. Re-running reuses the last two.
+    manifest, ``image_meta.json`` and the trained autoencoder; the latent cache goes beside the autoencoder's
+    shared cache entry (or ``<run_dir>/latents``, or ``latents.cache_dir``). Re-running reuses both.
     """
     from accelerate import PartialState
 
