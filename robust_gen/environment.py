@@ -37,12 +37,31 @@ __all__ = [
     "FAMILY",
     "TorchFamilyMismatch",
     "check_torch_family",
+    "default_cache_dir",
     "exit_on_torch_mismatch",
     "family_problems",
     "fix_command",
     "installed_versions",
     "required_versions",
 ]
+
+
+
+def default_cache_dir() -> Path:
+    """The shared cache folder of every recipe: ``$ROBUST_GEN_CACHE`` if set, else ``~/.cache/robust_gen``.
+
+    It holds what is costly to make and safe to share between runs, each in its own sub-folder named by what it
+    holds (the embedded corpus, mel and speaker-embedding caches, trained image autoencoders and their latents).
+
+    Examples
+    --------
+    >>> import os
+    >>> os.environ.get("ROBUST_GEN_CACHE") is not None or default_cache_dir().name == "robust_gen"
+    True
+    """
+    configured = os.environ.get("ROBUST_GEN_CACHE")
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "robust_gen"
+
 
 #: The packages that must come as one exact trio.
 FAMILY = ("torch", "torchaudio", "torchvision")

@@ -25,17 +25,26 @@ Examples
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 __all__ = ["apply_cpu_threads", "start_process"]
 
 
-def start_process(*, check_torch: bool = True) -> None:
+def start_process(
+    *, check_torch: bool = True, help_for: str | None = None, optional_groups: Sequence[str] = ()
+) -> None:
     """Set the process-wide OpenMP wait policy and, unless ``check_torch=False``, check the torch family.
 
     An explicit ``OMP_WAIT_POLICY`` in the environment wins. A mismatched torch / torchaudio / torchvision exits
     with code 2 and a message naming the installed and needed versions and the pip command that fixes it.
+    A recipe passes ``help_for="<recipe>/<config>"`` (and its ``+group`` ``optional_groups``): ``--help`` then
+    prints the recipe's help (:mod:`robust_gen.training.recipe_help`) and exits, before torch loads.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if help_for is not None:
+        from robust_gen.training.recipe_help import print_help_if_asked
+
+        print_help_if_asked(help_for, optional_groups)
     if check_torch:
         from robust_gen.environment import exit_on_torch_mismatch
 

@@ -287,7 +287,7 @@ def runs(tmp_path_factory, unseen):
     return root
 
 
-def test_evaluate_recipe_end_to_end(runs, classifier_dir):
+def test_evaluate_recipe_end_to_end(runs, classifier_dir, capfd):
     recipe = _load_recipe()
     cfg = _compose(
         [
@@ -298,6 +298,7 @@ def test_evaluate_recipe_end_to_end(runs, classifier_dir):
         ]
     )
     report = recipe.evaluate(cfg)
+    assert "evaluating cfg3.0" in capfd.readouterr().err  # progress bar (progress=true by default)
     written = json.loads((runs / "corrupted/eval/metrics.json").read_text())
     assert written["tags"].keys() == report["tags"].keys() == {"cfg1.0", "cfg3.0"}  # step_* skipped
     assert (runs / "corrupted/eval/metrics.png").stat().st_size > 1000
@@ -310,7 +311,7 @@ def test_evaluate_recipe_end_to_end(runs, classifier_dir):
     assert [written["tags"][t]["guidance_scale"] for t in ("cfg1.0", "cfg3.0")] == [1.0, 3.0]
 
 
-def test_evaluate_trains_and_caches_the_classifier(tmp_path, unseen):
+def test_evaluate_trains_and_caches_the_classifier(tmp_path, unseen, capfd):
     _write_samples(
         tmp_path / "run", "only", unseen.images[:60], unseen.labels[:60], guidance_scale=np.array(2.0)
     )
@@ -322,8 +323,10 @@ def test_evaluate_trains_and_caches_the_classifier(tmp_path, unseen):
         "classifier.epochs=1",
         "metrics.kid_subsets=5",
         "plot=false",
+        "progress=false",
     ]
     first = recipe.evaluate(_compose(overrides))
+    assert "evaluating" not in capfd.readouterr().err
     cached = list((tmp_path / "cache").iterdir())
     assert len(cached) == 1 and (cached[0] / "model.safetensors").is_file()
     assert first["tags"]["only"]["guidance_scale"] == 2.0

@@ -165,7 +165,7 @@ def test_trained_autoencoder_is_saved_reused_and_checked(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 1), dtype=np.uint8)
     cfg = {"mode": "trained", "kind": "kl", "model": {"block_out_channels": [8, 8], "norm_num_groups": 4,
                                                        "latent_channels": 2},
-           "train": {"steps": 2, "batch_size": 2}}
+           "train": {"steps": 2, "batch_size": 2}, "cache_dir": str(tmp_path / "cache")}
     first = build_autoencoder(cfg, run_dir=tmp_path, images=images, progress=False)
     assert first.factor == 2 and first.latent_channels == 2
     assert {"config.json", "reconstructions.png", "training.json"} <= {p.name for p in (tmp_path / "autoencoder").iterdir()}

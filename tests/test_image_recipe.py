@@ -92,10 +92,17 @@ def test_class_conditional_smoke_with_cep_and_label_flips(class_run):
     assert images["images"].shape == (10, 16, 16, 1) and images["labels"].tolist() == list(range(10))
 
 
-def test_sample_script_writes_one_npz_per_guidance_scale(class_run):
+def test_sample_script_writes_one_npz_per_guidance_scale(class_run, capfd):
     cfg = _compose("sample", [f"run_dir={class_run}", "num_images=12", "batch_size=5", "sampler.num_steps=2",
                               "guidance_scales=[1.0,2.5]"])
     folders = SAMPLE.sample(cfg)
+    assert "sampling g=2.5" in capfd.readouterr().err  # a progress bar per guidance scale (progress=true)
+    # labelled grid: a header band (title, one label per class column) above 2 rows of 10 tiles of 16 px, x4
+    width, height = Image.open(Path(folders[1]) / "grid.png").size
+    assert width == (10 * 18 + 2) * 4 and height > (2 * 18 + 2) * 4
+    SAMPLE.sample(_compose("sample", [f"run_dir={class_run}", "num_images=2", "sampler.num_steps=2",
+                                      "guidance_scales=[1.0]", "progress=false"]))
+    assert "sampling" not in capfd.readouterr().err
     assert [Path(f).name for f in folders] == ["dpm_solver2_g1", "dpm_solver2_g2.5"]
     data = np.load(Path(folders[1]) / "images.npz", allow_pickle=True)
     assert data["images"].shape == (12, 16, 16, 1) and data["labels"].dtype == np.int64
@@ -146,7 +153,8 @@ def test_pretrained_autoencoder_from_a_local_directory(tmp_path):
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path):
-    common = ["trainer.checkpoint_every=2", "cep=uniform", "condition_dropout.semantic=0.3"]
+    # autoencoder.cache=false: both stages in the run folder (the shared cache has tests/test_autoencoder_cache.py)
+    common = ["trainer.checkpoint_every=2", "cep=uniform", "condition_dropout.semantic=0.3", "autoencoder.cache=false"]
     _train(tmp_path / "a", *common, "trainer.max_steps=3")
     reused = [tmp_path / "a" / "autoencoder" / "diffusion_pytorch_model.safetensors",
               next((tmp_path / "a" / "latents").glob("latents-*.safetensors"))]

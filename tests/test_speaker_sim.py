@@ -504,3 +504,35 @@ def test_tool_end_to_end(trained, corpus, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         tool.main(["--refs", "x", "--synth", "y", "--thresholds", "high"])
     assert exit_info.value.code == 2
+
+
+def test_tool_writes_beside_the_run_and_heads_with_the_last_step(trained, corpus, tmp_path, capsys, monkeypatch):
+    groups = by_speaker(corpus)
+    good = [(s, files[2]) for s, files in groups.items()]
+    swapped = [("us_m1", groups["gb_m2"][2]), ("gb_m2", groups["rp_m3"][2]), ("rp_m3", groups["us_m1"][2])]
+    run = make_run(tmp_path / "runs" / "l2", {10: swapped, 20: good})  # another voice early, the right one last
+    monkeypatch.chdir(tmp_path)  # nothing may land in ./outputs
+    tool = _load_script(REPO / "tools" / "speaker_sim.py", "speaker_sim_tool_runs")
+    refs = str(Path(corpus[0]["path"]).parents[1] / "filelist.txt")
+    assert tool.main(["--model", str(trained[1]), "--refs", refs, "--runs", str(run), "--no-cache",
+                      "--no-progress"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out.splitlines()
+    summary = json.loads((run / "speaker_sim" / JSON_NAME).read_text())
+    last, steps = summary["last_step"]["l2"], {row["step"]: row["mean"] for row in summary["per_step"]}
+    assert last["step"] == 20 and last["mean"] == steps[20] > steps[10]
+    assert printed[0].startswith(f"l2: similarity {last['mean']:.3f}") and "at step 20" in printed[0]
+    assert f"trend {steps[10]:.3f} (step 10) -> {steps[20]:.3f} (step 20)" in printed[0]
+    assert (run / "speaker_sim" / "similarity_over_steps.png").is_file()
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_one_scored_step_still_gives_a_plot_with_its_value(tmp_path):
+    from robust_gen.speaker import headline
+    from robust_gen.speaker.reports import SimilarityResult, plot_similarity_over_steps
+
+    rows = [{"run": "l2", "step": 300, "count": 4, "mean": 0.43, "std": 0.05, "below": {}},
+            {"run": "huber", "step": 300, "count": 4, "mean": 0.51, "std": 0.04, "below": {}}]
+    result = SimilarityResult([], [], {"calibrated_threshold": 0.6, "clean_run": None}, rows)
+    assert plot_similarity_over_steps(result, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert headline({"per_step": rows, "clean_run": None})[0].endswith("one step scored, no trend")

@@ -4,7 +4,7 @@
         --refs ~/.cache/robust_gen/corpus/espeak-<digest> --runs runs/tts/l2 runs/tts/huber --clean-run runs/tts/clean
     python tools/speaker_sim.py --refs refs/filelist.txt --synth "out/*.wav" --device cuda   # hub ECAPA model
 
-Writes to --out: speaker_similarity.csv (one row per file), speaker_similarity.json (mean / std per speaker
+Writes beside what it scored (<run>/speaker_sim/ for one --runs folder; see --out): speaker_similarity.csv (one row per file), speaker_similarity.json (mean / std per speaker
 and overall, counts below each threshold, skipped files), and with several steps or runs per_step.csv,
 similarity_over_steps.png and (with --clean-run) resilience.csv. No network? Train the offline model with
 ``python recipes/speaker/train.py`` and pass ``--model runs/speaker/default/model``.
@@ -25,7 +25,9 @@ from robust_gen.speaker import (
     DEFAULT_THRESHOLDS,
     SpeakerEmbedder,
     SpeakerModelUnavailable,
+    default_out_dir,
     evaluate_speaker_similarity,
+    headline,
     load_speaker_encoder,
     model_threshold,
     threshold_key,
@@ -81,7 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=list(DEFAULT_THRESHOLDS),
         help="comma-separated similarity thresholds; the model's calibrated one is added",
     )
-    parser.add_argument("--out", default="outputs/speaker_sim", help="output folder")
+    parser.add_argument(
+        "--out", default=None,
+        help="output folder (default: beside what was scored: <run>/speaker_sim for one run, <common folder of "
+        "the runs>/speaker_sim for several, <folder of the first --synth input>/speaker_sim)",
+    )
     parser.add_argument(
         "--cache-dir",
         default=None,
@@ -115,18 +121,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         result = evaluate_speaker_similarity(
             embedder, args.refs, args.synth, runs=args.runs, clean_run=args.clean_run,
-            thresholds=args.thresholds, calibrated_threshold=model_threshold(args.model), out_dir=args.out,
+            thresholds=args.thresholds, calibrated_threshold=model_threshold(args.model),
+            out_dir=args.out or default_out_dir(args.synth, args.runs),
             cache_dir=cache_dir, strict=args.strict, model_name=str(args.model),
         )  # fmt: skip
     except (SpeakerModelUnavailable, FileNotFoundError, ValueError) as error:
         parser.exit(2, f"speaker_sim: error: {error}\n")
     summary = result.summary
-    overall = summary["overall"]
-    if overall:
-        below = ", ".join(f"< {k}: {v}" for k, v in overall["below"].items())
-        print(
-            f"{overall['count']} samples: similarity {overall['mean']:.3f} ± {overall['std']:.3f} ({below})"
-        )
+    for line in headline(summary):  # runs: the last step's mean first, then the trend
+        print(line)
+    if any(row["step"] is not None for row in summary["per_step"]):
+        print("per speaker, all scored steps pooled:")
     for speaker, stats in summary["per_speaker"].items():
         print(f"  {speaker:>16s}  n={stats['count']:<4d} {stats['mean']:.3f} ± {stats['std']:.3f}")
     if summary["calibrated_threshold"] is not None:

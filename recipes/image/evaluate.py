@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from robust_gen.launch import start_process
 
-start_process()  # before torch loads: idle OpenMP threads sleep; a mismatched torch trio exits with the fix
+# first, before torch loads: --help prints and exits; idle OpenMP threads sleep; the torch trio is checked
+start_process(help_for="image/evaluate")
 
 import logging
 from typing import Any
@@ -87,6 +88,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         prc_neighborhood=m.prc_neighborhood,
         batch_size=m.batch_size,
         seed=m.seed,
+        progress=bool(cfg.progress),
     )
 
 

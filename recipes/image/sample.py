@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from robust_gen.launch import start_process
 
-start_process()  # before torch loads: idle OpenMP threads sleep; a mismatched torch trio exits with the fix
+# first, before torch loads: --help prints and exits; idle OpenMP threads sleep; the torch trio is checked
+start_process(help_for="image/sample")
 
 import logging
 
@@ -40,12 +41,12 @@ def sample(cfg: DictConfig) -> list[str]:
     for scale in scales:
         settings = {"sampler": sampler.name, "num_steps": int(sampler.num_steps), "guidance_scale": float(scale),
                     "control_guidance": sampler.control_guidance, "eta": float(sampler.eta), "seed": int(cfg.seed)}
-        images = generate(task, autoencoder, request, latent_shape=meta["latent_shape"],
-                          batch_size=int(cfg.batch_size), **settings)
+        images = generate(task, autoencoder, request, latent_shape=meta["latent_shape"], batch_size=int(cfg.batch_size),
+                          progress=bool(cfg.progress), desc=f"sampling g={float(scale):g}", **settings)
         tag = f"{sampler.name}{int(sampler.num_steps)}_g{float(scale):g}"
         out = write_samples(f"{cfg.run_dir}/samples/{tag}", images, request.labels.tolist(), request.captions,
                             {"step": meta["step"], "weights": cfg.weights, **settings},
-                            nrow=grid_columns(meta))
+                            nrow=grid_columns(meta), class_names=meta.get("class_names"))
         log.info("wrote %d samples to %s", len(images), out)
         folders.append(str(out))
     return folders

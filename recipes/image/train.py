@@ -6,7 +6,8 @@
     python recipes/image/train.py control=disentangled data.crop_margin=8 data.flip=true cep=uniform
 
 The run directory (runs/image/<overrides>) receives config.yaml, .hydra/, image_meta.json, the corruption manifest,
-the trained autoencoder, the latent cache, checkpoints, metrics.jsonl, TensorBoard logs and samples/step_*/grid.png.
+the trained autoencoder, checkpoints, metrics.jsonl, TensorBoard logs and samples/step_*/grid.png. The autoencoder
+and its latents come from the shared cache when another run trained the same one (autoencoder.cache).
 Re-running the same command resumes from the last checkpoint (the autoencoder and latents are reused).
 """
 
@@ -14,7 +15,8 @@ from __future__ import annotations
 
 from robust_gen.launch import start_process
 
-start_process()  # before torch loads: idle OpenMP threads sleep; a mismatched torch trio exits with the fix
+# first, before torch loads: --help prints and exits; idle OpenMP threads sleep; the torch trio is checked
+start_process(help_for="image/train", optional_groups=("experiment",))
 
 import logging
 from pathlib import Path

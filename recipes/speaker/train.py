@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from robust_gen.launch import apply_cpu_threads, start_process
 
-start_process()  # before torch loads: idle OpenMP threads sleep; a mismatched torch trio exits with the fix
+# first, before torch loads: --help prints and exits; idle OpenMP threads sleep; the torch trio is checked
+start_process(help_for="speaker/train")
 
 import logging
 import time

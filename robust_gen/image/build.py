@@ -167,7 +167,8 @@ def prepare_training(cfg: DictConfig, run_dir: str | Path) -> ImageTraining:
     """Data, first stage, latent cache, training set, task and sampling hook for a run in ``run_dir``.
 
     Writes ``config.yaml`` (resolved, with the data-derived corruption settings filled in), the corruption
-    manifest, ``image_meta.json``, the trained autoencoder and the latent cache. Re-running reuses the last two.
+    manifest, ``image_meta.json`` and the trained autoencoder; the latent cache goes beside the autoencoder's
+    shared cache entry (or ``<run_dir>/latents``, or ``latents.cache_dir``). Re-running reuses both.
     """
     from accelerate import PartialState
 
@@ -185,7 +186,10 @@ def prepare_training(cfg: DictConfig, run_dir: str | Path) -> ImageTraining:
                                         device=state.device, progress=bool(cfg.trainer.progress))
         augmentation = Augmentation(int(cfg.data.resolution), int(cfg.data.crop_margin), autoencoder.factor,
                                     bool(cfg.data.flip), seed)
-        cache_dir = cfg.latents.cache_dir or run_dir / "latents"
+        # latents of a shared autoencoder are shared too (the cache file is named by weights and images)
+        cache_dir = cfg.latents.cache_dir or (
+            autoencoder.cache_folder / "latents" if autoencoder.cache_folder is not None else run_dir / "latents"
+        )
         table = load_or_encode(autoencoder, source.images, cache_dir, flips=augmentation.flip,
                                scaling_factor=ae_cfg.get("scaling_factor", "data"),
                                batch_size=int(cfg.latents.encode_batch_size))

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from robust_gen.diffusion.samplers import EpsModel, Guided, get_sampler
 from robust_gen.diffusion.schedules import DiscreteVP, NoiseSchedule
@@ -202,11 +203,14 @@ def generate(
     eta: float = 0.0,
     seed: int = 0,
     batch_size: int = 64,
+    progress: bool = False,
+    desc: str = "sampling",
 ) -> np.ndarray:
     """Sample ``len(request)`` images (uint8 ``[N, H, W, C]``) from a trained task module (EMA weights).
 
     The starting noise of all images is drawn at once from ``seed``, so an image does not depend on the batch
-    size. ``guidance_scale`` 1 with no ``control_guidance`` runs the conditional model alone.
+    size. ``guidance_scale`` 1 with no ``control_guidance`` runs the conditional model alone. ``progress`` shows
+    a bar (titled ``desc``) over every sampler step of every batch.
     """
     device = task.scaling_factor.device
     was_training = task.training
@@ -217,8 +221,10 @@ def generate(
     noise = torch.randn((len(request), *latent_shape), generator=torch.Generator().manual_seed(seed))
     net = EpsModel(task.denoiser, schedule, prediction=task.prediction)
     images = []
+    batches = range(0, len(request), batch_size)
+    bar = tqdm(total=len(batches) * int(num_steps), desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
     try:
-        for index, start in enumerate(range(0, len(request), batch_size)):
+        for index, start in enumerate(batches):
             rows = slice(start, start + batch_size)
             conditions = _conditions(task, request, rows, control_guidance)
             if guidance_scale == 1.0 and control_guidance is None:
@@ -228,20 +234,24 @@ def generate(
                 model, extra = Guided(net, conditions, scales), {}
             generator = torch.Generator(device=device).manual_seed(seed * 100_003 + index)
             kwargs = {"eta": eta} if sampler in ("ddim", "diffusers_ddim") and eta else {}
-            latents = sample_fn(model, noise[rows].to(device), times.to(device), schedule=schedule,
-                                extra_args=extra, generator=generator, **kwargs)
+            latents = sample_fn(model, noise[rows].to(device), times.to(device), schedule=schedule, extra_args=extra,
+                                generator=generator, callback=lambda _: bar.update(), **kwargs)
             pixels = autoencoder.decode(latents / task.scaling_factor)
             images.append(to_uint8(pixels.cpu()))
     finally:
+        bar.close()
         task.train(was_training)
     return np.concatenate(images)
 
 
 def write_samples(
     out_dir: str | Path, images: np.ndarray, labels: Sequence[int], captions: Sequence[str], info: dict | None = None,
-    nrow: int | None = None,
+    nrow: int | None = None, class_names: Sequence[str] | None = None,
 ) -> Path:
     """Write ``images.npz`` (the evaluation format in the module docstring), ``grid.png`` and ``info.json``.
+
+    The grid's title gives the guidance scale, sampler and training step of ``info``; each column is labelled
+    with its class (a name from ``class_names``) or, for unlabelled columns of one prompt, the prompt.
 
     Examples
     --------
@@ -262,9 +272,57 @@ def write_samples(
     np.savez(buffer, images=images, labels=labels_array, captions=captions_array)
     atomic_write_bytes(out / "images.npz", buffer.getvalue())
     upscale = max(1, 64 // images.shape[1])
-    save_grid(images, out / "grid.png", nrow=nrow, upscale=upscale)
+    save_grid(images, out / "grid.png", nrow=nrow, upscale=upscale, title=grid_title(info or {}),
+              column_labels=column_labels(labels_array.tolist(), list(captions_array), nrow, class_names))
     write_json(out / "info.json", {"num_images": len(images), **(info or {})})
     return out
+
+
+def grid_title(info: dict) -> str:
+    """The title of a sample grid from its ``info.json`` settings.
+
+    Examples
+    --------
+    >>> grid_title({"guidance_scale": 3.0, "sampler": "dpm_solver", "num_steps": 50, "step": 1500})
+    'guidance 3 - dpm_solver, 50 steps - training step 1500'
+    """
+    parts = []
+    if info.get("guidance_scale") is not None:
+        control = info.get("control_guidance")
+        parts.append(f"guidance {float(info['guidance_scale']):g}" + (f", control {control:g}" if control else ""))
+    if info.get("sampler"):
+        parts.append(f"{info['sampler']}, {info.get('num_steps')} steps")
+    if info.get("step") is not None:
+        parts.append(f"training step {info['step']}")
+    return " - ".join(parts)
+
+
+def column_labels(
+    labels: Sequence[int], captions: Sequence[str], nrow: int | None, class_names: Sequence[str] | None = None
+) -> list[str] | None:
+    """One label per grid column when every image of a column shares it: the class (its name when known), else
+    the column's one prompt; None when the columns are mixed (or the grid is square).
+
+    Examples
+    --------
+    >>> column_labels([0, 1, 0, 1], ["a", "b", "c", "d"], 2, ["zero", "one"])
+    ['zero', 'one']
+    >>> column_labels([-1, -1], ["a red cat", "a dog"], 2), column_labels([-1, -1], ["a", "b"], None)
+    (['a red cat', 'a dog'], None)
+    """
+    if not nrow:
+        return None
+    found = []
+    for column in range(min(nrow, len(labels))):
+        classes, prompts = set(labels[column::nrow]), set(captions[column::nrow])
+        if len(classes) == 1 and min(classes) >= 0:
+            k = min(classes)
+            found.append(class_names[k] if class_names and k < len(class_names) else str(k))
+        elif len(prompts) == 1:
+            found.append(min(prompts))
+        else:
+            return None
+    return found
 
 
 def make_eval_fn(autoencoder: ImageAutoencoder, meta: dict, samples_cfg: dict, sampler_cfg: dict):
@@ -287,7 +345,8 @@ def make_eval_fn(autoencoder: ImageAutoencoder, meta: dict, samples_cfg: dict, s
         images = generate(ema_task, autoencoder, request, latent_shape=meta["latent_shape"],
                           batch_size=int(samples_cfg.get("batch_size", 128)), **settings)
         out = Path(run_dir) / "samples" / f"step_{step:07d}"
-        write_samples(out, images, request.labels.tolist(), request.captions, {"step": step, **settings}, nrow=grid_columns(meta))
+        write_samples(out, images, request.labels.tolist(), request.captions, {"step": step, **settings},
+                      nrow=grid_columns(meta), class_names=meta.get("class_names"))
         return {"sample_seconds": time.perf_counter() - start}
 
     return eval_fn

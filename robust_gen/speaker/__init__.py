@@ -31,7 +31,14 @@ from robust_gen.speaker.model import (
     train_speaker_model,
     training_voices,
 )
-from robust_gen.speaker.reports import CSV_NAME, DEFAULT_THRESHOLDS, JSON_NAME, threshold_key
+from robust_gen.speaker.reports import (
+    CSV_NAME,
+    DEFAULT_THRESHOLDS,
+    JSON_NAME,
+    default_out_dir,
+    headline,
+    threshold_key,
+)
 from robust_gen.speaker.similarity import SpeakerEmbedder, evaluate_speaker_similarity
 
 __all__ = [
@@ -47,9 +54,11 @@ __all__ = [
     "build_speaker_modules",
     "calibrate",
     "collect_synthesized",
+    "default_out_dir",
     "encoder_sample_rate",
     "espeak_training_records",
     "evaluate_speaker_similarity",
+    "headline",
     "hyperparams_yaml",
     "load_speaker_encoder",
     "model_threshold",

@@ -30,6 +30,9 @@ __all__ = [
     "STEPS_CSV",
     "SampleScore",
     "SimilarityResult",
+    "default_out_dir",
+    "headline",
+    "last_steps",
     "per_step_table",
     "plot_similarity_over_steps",
     "resilience_table",
@@ -125,6 +128,90 @@ def resilience_table(per_step: Sequence[dict], clean_run: str) -> list[dict]:
     return rows
 
 
+def last_steps(per_step: Sequence[dict], exclude: str | None = None) -> dict[str, dict]:
+    """Each run's row at its last scored step (the trained model; runs without steps are left out).
+
+    Examples
+    --------
+    >>> rows = [{"run": "l2", "step": 10, "mean": 0.1}, {"run": "l2", "step": 30, "mean": 0.4},
+    ...         {"run": "clean", "step": 30, "mean": 0.6}]
+    >>> {run: row["step"] for run, row in last_steps(rows, exclude="clean").items()}
+    {'l2': 30}
+    """
+    last: dict[str, dict] = {}
+    for row in per_step:
+        if row["step"] is not None and row["run"] != exclude and row["step"] >= last.get(row["run"], row)["step"]:
+            last[row["run"]] = row
+    return last
+
+
+def headline(summary: dict) -> list[str]:
+    """The lines a user reads first: per run, the LAST step's mean (the trained model), then the trend over the
+    scored steps; plain files (no steps) get the pooled mean. Averaging all steps would mix the untrained early
+    checkpoints into the figure (0.07 pooled vs 0.43 at the last step in one run).
+
+    Examples
+    --------
+    >>> rows = [{"run": "l2", "step": 10, "count": 4, "mean": 0.1, "std": 0.2, "below": {"0.25": 3}},
+    ...         {"run": "l2", "step": 30, "count": 4, "mean": 0.43, "std": 0.05, "below": {"0.25": 0}}]
+    >>> print("\\n".join(headline({"per_step": rows, "clean_run": None, "overall": None})))
+    l2: similarity 0.430 ± 0.050 at step 30 (4 samples; < 0.25: 0); trend 0.100 (step 10) -> 0.430 (step 30)
+    """
+    lines = []
+    clean = summary.get("clean_run")
+    rows = summary["per_step"]
+    for run, row in last_steps(rows, exclude=None).items():
+        series = sorted((r for r in rows if r["run"] == run and r["step"] is not None), key=lambda r: r["step"])
+        below = ", ".join(f"< {k}: {v}" for k, v in row["below"].items())
+        name = f"{run or 'samples'}{' (clean)' if run == clean else ''}"
+        line = f"{name}: similarity {row['mean']:.3f} ± {row['std']:.3f} at step {row['step']} ({row['count']} samples"
+        line += f"; {below})" if below else ")"
+        if len(series) > 1:
+            line += "; trend " + " -> ".join(f"{r['mean']:.3f} (step {r['step']})" for r in _trend_points(series))
+        else:
+            line += "; one step scored, no trend"
+        lines.append(line)
+    overall = summary.get("overall")
+    if overall and not lines:
+        below = ", ".join(f"< {k}: {v}" for k, v in overall["below"].items())
+        lines.append(f"{overall['count']} samples: similarity {overall['mean']:.3f} ± {overall['std']:.3f} ({below})")
+    return lines
+
+
+def _trend_points(series: Sequence[dict], most: int = 4) -> list[dict]:
+    """At most ``most`` rows spread over ``series``, always the first and the last."""
+    if len(series) <= most:
+        return list(series)
+    picks = sorted({round(i * (len(series) - 1) / (most - 1)) for i in range(most)})
+    return [series[i] for i in picks]
+
+
+def default_out_dir(synthesized: Sequence[str | os.PathLike], runs: Sequence[str | os.PathLike]) -> Path:
+    """Where the reports go without ``--out``: beside what was scored.
+
+    One run: ``<run>/speaker_sim``; several runs: ``<their common folder>/speaker_sim`` (runs/tts/speaker_sim for
+    runs/tts/a and runs/tts/b); plain files: ``speaker_sim`` in the folder holding the first input.
+
+    Examples
+    --------
+    >>> default_out_dir([], ["runs/tts/l2"]), default_out_dir([], ["runs/tts/a", "runs/tts/b"])
+    (PosixPath('runs/tts/l2/speaker_sim'), PosixPath('runs/tts/speaker_sim'))
+    >>> default_out_dir(["out/wavs/*.wav"], [])
+    PosixPath('out/wavs/speaker_sim')
+    """
+    if len(runs) == 1:
+        return Path(runs[0]) / "speaker_sim"
+    if runs:
+        paths = [str(r) for r in runs]
+        if len({os.path.isabs(p) for p in paths}) > 1:  # commonpath refuses a mix of absolute and relative
+            paths = [os.path.abspath(p) for p in paths]
+        return Path(os.path.commonpath(paths)) / "speaker_sim"
+    first = Path(str(synthesized[0]))
+    while any(ch in first.name for ch in "*?[") or first.suffix:  # a glob or a file: its folder
+        first = first.parent
+    return first / "speaker_sim"
+
+
 # ---------------------------------------------------------------------------------------------------
 # Result and files.
 
@@ -196,6 +283,8 @@ def plot_similarity_over_steps(result: SimilarityResult, path: str | os.PathLike
     if not rows:
         return False
     clean = result.summary.get("clean_run")
+    if len({row["step"] for row in rows}) == 1 and not result.resilience:
+        return _plot_one_step(result, rows, clean, path)
     figure = Figure(figsize=(7, 6.5 if result.resilience else 4), layout="constrained")
     axes = figure.subplots(2 if result.resilience else 1, 1, squeeze=False)[:, 0]
     colors = {}
@@ -209,6 +298,9 @@ def plot_similarity_over_steps(result: SimilarityResult, path: str | os.PathLike
             label += " (clean)"
         (line,) = axes[0].plot(steps, mean, marker="o", linestyle="--" if run == clean else "-", label=label)
         axes[0].fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+        # the last step's value written on the curve: the figure the headline reports
+        axes[0].annotate(f"{mean[-1]:.3f}", (steps[-1], float(mean[-1])), textcoords="offset points",
+                         xytext=(4, 4), fontsize="small", color=line.get_color())
         colors[run] = line.get_color()
     calibrated = result.summary.get("calibrated_threshold")
     if calibrated is not None:
@@ -228,5 +320,26 @@ def plot_similarity_over_steps(result: SimilarityResult, path: str | os.PathLike
         axes[1].axhline(0.0, color="gray", linewidth=0.8)
         axes[1].set(xlabel="training step", ylabel="resilience (run - clean)")
         axes[1].legend(fontsize="small")
+    save_figure(figure, path, dpi=120)
+    return True
+
+
+def _plot_one_step(result: SimilarityResult, rows: Sequence[dict], clean: str | None, path) -> bool:
+    """One scored step: a bar per run (mean ± std, value written on it) instead of a one-point line."""
+    from matplotlib.figure import Figure
+
+    rows = sorted(rows, key=lambda row: (row["run"] == clean, row["run"]))
+    labels = [(row["run"] or "samples") + (" (clean)" if row["run"] == clean else "") for row in rows]
+    means = [row["mean"] for row in rows]
+    figure = Figure(figsize=(max(4.0, 1.2 * len(rows) + 2), 4), layout="constrained")
+    axes = figure.subplots()
+    bars = axes.bar(labels, means, yerr=[row["std"] for row in rows], capsize=4, color="tab:blue", alpha=0.8)
+    axes.bar_label(bars, labels=[f"{m:.3f}\n(n={row['count']})" for m, row in zip(means, rows)], fontsize="small",
+                   label_type="center", color="white")
+    calibrated = result.summary.get("calibrated_threshold")
+    if calibrated is not None:
+        axes.axhline(calibrated, color="gray", linewidth=0.8, linestyle=":", label="calibrated threshold")
+        axes.legend(fontsize="small")
+    axes.set(ylabel="speaker similarity (cosine)", title=f"Speaker similarity at step {rows[0]['step']} (one step)")
     save_figure(figure, path, dpi=120)
     return True

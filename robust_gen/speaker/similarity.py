@@ -45,6 +45,7 @@ from robust_gen.speaker.reports import (
     DEFAULT_THRESHOLDS,
     SampleScore,
     SimilarityResult,
+    last_steps,
     per_step_table,
     resilience_table,
     similarity_stats,
@@ -466,6 +467,8 @@ def evaluate_speaker_similarity(
         "overall": similarity_stats(main, thresholds) if main else None,
         "per_speaker": {s: similarity_stats(v, thresholds) for s, v in sorted(per_speaker.items())},
         "per_step": per_step,
+        # the trained model's figure: each run at its last scored step (the pooled "overall" mixes in early steps)
+        "last_step": last_steps(per_step),
         "clean_run": clean_label,
         "resilience": resilience,
     }

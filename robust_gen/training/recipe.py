@@ -12,12 +12,14 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from robust_gen.training.run_dir import RunLock, atomic_write_text
-from robust_gen.training.trainer import TrainerConfig
+
+if TYPE_CHECKING:  # the trainer loads torch: imported where used, so that a recipe's --help is fast
+    from robust_gen.training.trainer import TrainerConfig
 
 __all__ = [
     "CONFIG_ROOT",
@@ -91,6 +93,8 @@ def trainer_config(cfg: DictConfig | dict) -> TrainerConfig:
     ...
     ValueError: unknown trainer setting(s) ['max_step']; known: ...
     """
+    from robust_gen.training.trainer import TrainerConfig
+
     values = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     known = set(TrainerConfig.__dataclass_fields__)
     unknown = sorted(set(values) - known)

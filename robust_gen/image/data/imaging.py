@@ -5,16 +5,17 @@ float ``[N, C, H, W]`` tensors in [-1, 1] inside the models, and PNG grids for l
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from robust_gen.training.run_dir import atomic_write_bytes
 
-__all__ = ["image_grid", "save_grid", "to_model_range", "to_uint8"]
+__all__ = ["image_grid", "save_grid", "shorten", "to_model_range", "to_uint8"]
 
 
 def to_model_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -67,8 +68,17 @@ def image_grid(images: np.ndarray, nrow: int | None = None, padding: int = 2) ->
     return grid
 
 
-def save_grid(images: np.ndarray, path: str | Path, nrow: int | None = None, upscale: int = 1) -> Path:
-    """Write :func:`image_grid` of ``images`` as a PNG (nearest-neighbour ``upscale`` for tiny images).
+def save_grid(
+    images: np.ndarray,
+    path: str | Path,
+    nrow: int | None = None,
+    upscale: int = 1,
+    *,
+    title: str | None = None,
+    column_labels: Sequence[str] | None = None,
+) -> Path:
+    """Write :func:`image_grid` of ``images`` as a PNG (nearest-neighbour ``upscale`` for tiny images), with an
+    optional ``title`` line and a label over each column (shortened to the column's width) above the tiles.
 
     Examples
     --------
@@ -76,13 +86,57 @@ def save_grid(images: np.ndarray, path: str | Path, nrow: int | None = None, ups
     >>> p = save_grid(np.zeros((4, 8, 8, 3), dtype=np.uint8), Path(tempfile.mkdtemp()) / "g.png", upscale=2)
     >>> Image.open(p).size  # 2 x 2 tiles of 8 pixels with 2-pixel padding, doubled
     (44, 44)
+    >>> q = save_grid(np.zeros((4, 8, 8, 1), dtype=np.uint8), Path(tempfile.mkdtemp()) / "g.png", nrow=2, upscale=4,
+    ...               title="guidance 3", column_labels=["zero", "a very long prompt about a one"])
+    >>> Image.open(q).size[0] == 88 and Image.open(q).size[1] > 88  # a header band above the same tiles
+    True
     """
     grid = image_grid(images, nrow)
     picture = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
     if upscale > 1:
         picture = picture.resize((picture.width * upscale, picture.height * upscale), Image.Resampling.NEAREST)
+    if title or column_labels:
+        tile = (images.shape[2] + 2) * upscale  # image_grid's default padding of 2
+        picture = _with_header(picture, title, list(column_labels or []), tile, 2 * upscale)
     path = Path(path)
     buffer = BytesIO()
     picture.save(buffer, format="PNG")
     atomic_write_bytes(path, buffer.getvalue())
     return path
+
+
+def shorten(text: str, width: float, measure) -> str:
+    """``text`` cut to fit ``width`` pixels by ``measure(text)``, ending in ".." when cut.
+
+    Examples
+    --------
+    >>> shorten("a handwritten seven", 8, len), shorten("seven", 8, len)
+    ('a hand..', 'seven')
+    """
+    if measure(text) <= width:
+        return text
+    while text and measure(text + "..") > width:
+        text = text[:-1]
+    return text.rstrip() + ".."
+
+
+def _with_header(picture: Image.Image, title: str | None, labels: list[str], tile: int, pad: int) -> Image.Image:
+    """``picture`` below a white band holding the title (centred) and one label centred over each column."""
+    font = ImageFont.load_default(size=11)
+    line = 14
+    height = line * (bool(title) + bool(labels)) + 4
+    width = picture.width
+    canvas = Image.new(picture.mode, (width, picture.height + height), "white")
+    canvas.paste(picture, (0, height))
+    draw = ImageDraw.Draw(canvas)
+    measure = lambda text: draw.textlength(text, font=font)  # noqa: E731
+    top = 2
+    if title:
+        text = shorten(title, width - 4, measure)
+        draw.text(((width - measure(text)) / 2, top), text, fill="black", font=font)
+        top += line
+    for column, label in enumerate(labels):
+        text = shorten(str(label), tile - 2, measure)
+        left = pad + column * tile + (tile - pad - measure(text)) / 2
+        draw.text((left, top), text, fill="black", font=font)
+    return canvas

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from robust_gen.image.eval.classifier import DomainClassifier, as_image_batch, train_domain_classifier
 from robust_gen.image.eval.fidelity import (
@@ -473,12 +474,15 @@ def _evaluate_samples(
     extractors: Mapping[str, FeatureExtractor],
     feature_cache: str,
     fidelity_settings: Mapping[str, Any],
+    bar: Any,
 ) -> dict[str, Any]:
     references = references_for(samples, references)
     # one feature cache per reference subset (the source names the classes)
     subset = hashlib.sha1(references.source.encode()).hexdigest()[:12]
-    by_extractor = {
-        name: fidelity_metrics(
+    by_extractor = {}
+    for name, extractor in extractors.items():
+        bar.set_postfix_str(f"features, FID/KID ({name})")
+        by_extractor[name] = fidelity_metrics(
             samples.images,
             references.images,
             extractor,
@@ -486,8 +490,8 @@ def _evaluate_samples(
             references_cache_name=f"references-{name}-{subset}",
             **fidelity_settings,
         )
-        for name, extractor in extractors.items()
-    }
+        bar.update()
+    bar.set_postfix_str("conditional accuracy")
     primary = next(iter(extractors))
     entry: dict[str, Any] = {"n_samples": len(samples), **by_extractor[primary], "feature_extractor": primary,
                              "n_references": len(references)}
@@ -496,6 +500,7 @@ def _evaluate_samples(
     if samples.has_labels:
         acc = conditional_accuracy(classifier, samples.images, samples.labels)
         entry.update(conditional_accuracy=acc["accuracy"], per_class_accuracy=acc["per_class"])
+    bar.update()
     return entry
 
 
@@ -510,6 +515,7 @@ def evaluate_run(
     clean_run_dir: str | Path | None = None,
     similarity: Callable[[SampleSet, SampleSet], float] | None = None,
     plot: bool = True,
+    progress: bool = False,
     **fidelity_settings: Any,
 ) -> dict[str, Any]:
     """Evaluate every sample file of a run (or one tag); write ``<run_dir>/eval/metrics.json`` and ``.png``.
@@ -517,7 +523,8 @@ def evaluate_run(
     Tags are chosen as in :func:`find_sample_tags`. Per tag: FID / KID / precision-recall for each extractor
     (the first one also at the top level, with its name in ``feature_extractor``), conditional accuracy when
     the samples carry class labels, and resilience against ``clean_run_dir``'s samples of the same tag when
-    given. ``fidelity_settings`` go to :func:`fidelity_metrics`.
+    given. ``fidelity_settings`` go to :func:`fidelity_metrics`. ``progress`` shows a bar over the tags and
+    their stages (features and FID/KID per extractor, conditional accuracy, resilience).
     """
     run_dir = Path(run_dir)
     tags = find_sample_tags(run_dir, tag, exclude)
@@ -532,13 +539,18 @@ def evaluate_run(
         similarity = similarity or FeatureCosineSimilarity(classifier, name="domain_feature_cosine")
     results: dict[str, Any] = {}
     # reference features are computed once per extractor and reused for every tag (torch-fidelity's cache)
-    with tempfile.TemporaryDirectory(prefix="robust_gen_eval_") as feature_cache:
+    stages = len(extractors) + 1 + (clean_run_dir is not None)  # per tag: each extractor, accuracy, resilience
+    bar = tqdm(total=len(tags) * stages, desc="evaluating", unit="stage", disable=not progress, dynamic_ncols=True)
+    with bar, tempfile.TemporaryDirectory(prefix="robust_gen_eval_") as feature_cache:
         for name, path in tags.items():
+            bar.set_description(f"evaluating {name}")
             samples = load_samples(path)
             entry = _evaluate_samples(
-                samples, references, classifier, extractors, feature_cache, fidelity_settings
+                samples, references, classifier, extractors, feature_cache, fidelity_settings, bar
             )
             entry["guidance_scale"] = _guidance_scale(path, name)
+            if clean_run_dir is not None:
+                bar.set_postfix_str("resilience")
             if clean_run_dir is not None and name in clean_tags:
                 entry["resilience"] = resilience(
                     samples, load_samples(clean_tags[name]), references, similarity
@@ -547,6 +559,7 @@ def evaluate_run(
                 log.warning(
                     "no samples/%s in the clean run %s: no resilience for this tag", name, clean_run_dir
                 )
+            bar.update(int(clean_run_dir is not None))
             log.info("%s: %s", name, {k: v for k, v in entry.items() if not isinstance(v, dict)})
             results[name] = entry
     report = {

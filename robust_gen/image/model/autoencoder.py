@@ -4,7 +4,9 @@ Three modes (``autoencoder.mode``):
 
 * ``pretrained``: ``from_pretrained`` on a hub id (``stabilityai/sd-vae-ft-mse``) or a local directory;
 * ``trained``: a small autoencoder trained by the recipe's first stage on the dataset, saved with
-  ``save_pretrained`` into ``<run_dir>/autoencoder`` and reused from there when the command is re-run;
+  ``save_pretrained`` into ``<run_dir>/autoencoder`` and reused from there when the command is re-run; trained
+  once per data / settings / seed in a shared cache (:mod:`robust_gen.image.model.autoencoder_cache`) and copied
+  into every run that asks for the same one;
 * ``none``: pixel space (the "latents" are the pixels in [-1, 1]).
 
 :class:`ImageAutoencoder` hides the three behind ``encode`` / ``decode`` on [-1, 1] pixel tensors with the data's
@@ -30,6 +32,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from robust_gen.image.data.imaging import save_grid, to_model_range, to_uint8
+from robust_gen.image.model.autoencoder_cache import (
+    autoencoder_fingerprint,
+    cache_root,
+    copy_folder,
+    fetch_or_train,
+)
 from robust_gen.training.run_dir import write_json
 
 __all__ = ["AUTOENCODER_KINDS", "ImageAutoencoder", "build_autoencoder", "load_pretrained", "train_autoencoder"]
@@ -67,6 +75,10 @@ class ImageAutoencoder:
     >>> mean.shape, std, ae.factor
     (torch.Size([2, 1, 8, 8]), None, 1)
     """
+
+    #: The shared cache entry it came from (:mod:`robust_gen.image.model.autoencoder_cache`), where its latents
+    #: are cached too; None when it does not come from the cache.
+    cache_folder: Path | None = None
 
     def __init__(self, model: torch.nn.Module | None, kind: str, data_channels: int) -> None:
         if (model is None) != (kind == "none"):
@@ -256,7 +268,10 @@ def build_autoencoder(
     """The autoencoder of ``cfg`` (the ``autoencoder`` config group); trains and saves it in ``trained`` mode.
 
     ``trained`` mode reuses ``<run_dir>/autoencoder`` when a complete one is there (re-running a command after a
-    kill skips the stage); the folder is written under a temporary name and renamed when complete.
+    kill skips the stage); otherwise it copies the one of the shared cache (:mod:`.autoencoder_cache`, trained
+    there first when missing; ``autoencoder.cache=false`` trains in the run folder only). Folders are written
+    under a temporary name and renamed when complete. The returned autoencoder's ``cache_folder`` is its cache
+    entry (where its latents are cached too), or None.
     """
     mode, kind, channels = cfg.get("mode"), cfg.get("kind", "kl"), int(images.shape[-1])
     if mode not in MODES:
@@ -269,11 +284,41 @@ def build_autoencoder(
         model = load_pretrained(cfg["path"], kind, cfg.get("subfolder"), cfg.get("revision"))
         return ImageAutoencoder(model, kind, channels).to(device)
     folder = Path(run_dir) / cfg.get("dir_name", "autoencoder")
+    root = cache_root(cfg)
+    entry = root / autoencoder_fingerprint(cfg, images, seed) if root is not None else None
+    train = lambda target: _train_into(target, cfg, images, seed, device, progress)  # noqa: E731
     if (folder / "config.json").is_file():
         log.info("reusing the autoencoder trained earlier in %s", folder)
-        model = _model_class(kind).from_pretrained(str(folder))
-        _check_same_architecture(model, cfg.get("model") or {}, folder)
-        return ImageAutoencoder(model, kind, channels).to(device)
+    elif entry is None or not _copy_from_cache(entry, folder, train):
+        entry = None
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        train(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    model = _model_class(kind).from_pretrained(str(folder))
+    _check_same_architecture(model, cfg.get("model") or {}, folder)
+    autoencoder = ImageAutoencoder(model, kind, channels).to(device)
+    autoencoder.cache_folder = entry
+    return autoencoder
+
+
+def _copy_from_cache(entry: Path, folder: Path, train) -> bool:
+    """Copy the cache ``entry``'s autoencoder (trained there first when missing) to ``folder``; False, with a
+    warning, when the cache folder cannot be used (a read-only home, say): the run then trains its own."""
+    try:
+        fetch_or_train(entry.parent, entry.name, train)
+        copy_folder(entry / "autoencoder", folder)
+    except OSError as error:
+        log.warning("the shared autoencoder cache %s is not usable (%s); training in the run folder instead. Set "
+                    "autoencoder.cache_dir=<writable folder>, or autoencoder.cache=false", entry.parent, error)
+        return False
+    return True
+
+
+def _train_into(folder: Path, cfg: dict, images: np.ndarray, seed: int, device, progress: bool) -> None:
+    """Train the autoencoder of ``cfg`` on ``images`` and save it (with its training log) into ``folder``."""
+    kind, channels = cfg.get("kind", "kl"), int(images.shape[-1])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = _build_small(kind, cfg.get("model") or {}, channels, int(images.shape[1]))
@@ -282,15 +327,9 @@ def build_autoencoder(
              train.get("steps", 300))
     report = train_autoencoder(model, kind, images, seed=seed, device=device, progress=progress, **train)
     log.info("autoencoder trained in %.1f s: reconstruction MSE %.5f", report["seconds"], report["recon_mse"])
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    write_json(tmp / "training.json", report)
-    autoencoder = ImageAutoencoder(model, kind, channels)
-    _save_reconstructions(autoencoder, images[:16], tmp / "reconstructions.png")
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-    return autoencoder
+    model.save_pretrained(str(folder))
+    write_json(folder / "training.json", report)
+    _save_reconstructions(ImageAutoencoder(model, kind, channels), images[:16], folder / "reconstructions.png")
 
 
 def _check_same_architecture(model: torch.nn.Module, model_kwargs: dict, folder: Path) -> None:

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from robust_gen.environment import default_cache_dir
 from robust_gen.speech.data.audio import estimate_f0, save_audio
 from robust_gen.speech.data.espeak import EspeakSynthesizer, VoiceSpec
 from robust_gen.speech.data.filelists import write_filelist
@@ -304,19 +305,6 @@ def voice_distinctness(
 
 # ---------------------------------------------------------------------------------------------------
 # Building and caching the corpus.
-
-
-def default_cache_dir() -> Path:
-    """Cache folder: ``$ROBUST_GEN_CACHE`` if set, else ``~/.cache/robust_gen``.
-
-    Examples
-    --------
-    >>> import os
-    >>> os.environ.get("ROBUST_GEN_CACHE") is not None or default_cache_dir().name == "robust_gen"
-    True
-    """
-    configured = os.environ.get("ROBUST_GEN_CACHE")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "robust_gen"
 
 
 def corpus_parameters(voices, utterances_per_voice: int, seed: int) -> dict:
