@@ -2,6 +2,7 @@
 
 import os
 import sys
+import tempfile
 
 import pytest
 
@@ -13,6 +14,9 @@ from robust_gen.launch import start_process
 start_process(check_torch=False)
 # No test may reach a model hub; the offline paths are what the suite checks.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The shared cache (corpus, mels, speaker embeddings, trained autoencoders) is per test session: a cache entry
+# left by an earlier session or by the user's own runs must not decide what a test exercises.
+os.environ["ROBUST_GEN_CACHE"] = tempfile.mkdtemp(prefix="robust_gen_test_cache_")
 
 
 def _make_speechbrain_lazy_modules_introspectable() -> None:

@@ -20,6 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from robust_gen.environment import default_cache_dir
 from robust_gen.speaker import (
     DEFAULT_HUB_MODEL,
     DEFAULT_THRESHOLDS,
@@ -32,7 +33,6 @@ from robust_gen.speaker import (
     model_threshold,
     threshold_key,
 )
-from robust_gen.speech.data.corpus import default_cache_dir
 
 
 def _thresholds(text: str) -> list[float]:

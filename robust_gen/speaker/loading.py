@@ -143,7 +143,7 @@ def load_speaker_encoder(
             ) from error
     if _looks_like_path(text) or not _HUB_ID.match(text):
         raise FileNotFoundError(f"speaker model directory {text} does not exist; {OFFLINE_HINT}")
-    from robust_gen.speech.data.corpus import default_cache_dir
+    from robust_gen.environment import default_cache_dir
 
     savedir = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "speechbrain"
     savedir = savedir / text.replace("/", "--")

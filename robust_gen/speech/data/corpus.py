@@ -44,7 +44,6 @@ __all__ = [
     "DistinctnessReport",
     "EspeakSynthesizer",
     "VoiceSpec",
-    "default_cache_dir",
     "default_corpus_root",
     "generate_sentences",
     "read_manifest",

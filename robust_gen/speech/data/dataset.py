@@ -452,7 +452,7 @@ def build_training_set(
     manifest into ``run_dir``. A single-speaker set keeps the utterances labelled ``target_speaker`` afterwards.
     Writes ``speakers.json`` and ``skipped_utterances.json`` into ``run_dir``.
     """
-    from robust_gen.speech.data.corpus import default_cache_dir
+    from robust_gen.environment import default_cache_dir
     from robust_gen.training.recipe import apply_corruption
 
     run_dir = Path(run_dir)
