@@ -5,7 +5,7 @@
         guidance_scales=[1.0,1.5,3.0,5.0] num_images=1000
 
 Per guidance scale this writes <run_dir>/samples/<sampler><steps>_g<scale>/images.npz (images uint8 [N, H, W, C],
-labels int64 [N] balanced over the classes or -1, captions object array), grid.png and info.json.
+labels int64 [N] balanced over the classes or -1, captions a string array), grid.png and info.json.
 """
 
 from __future__ import annotations
