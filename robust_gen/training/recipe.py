@@ -6,17 +6,16 @@ Recipes are thin Hydra scripts; this module keeps them thin and identical in the
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from robust_gen.training.run_dir import RunLock, atomic_write_text
+from robust_gen.training.run_dir import atomic_write_text, lock_run
 from robust_gen.training.trainer import TrainerConfig
 
 __all__ = [
@@ -218,16 +217,3 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
     cfg = OmegaConf.load(path)
     check_targets(cfg, source=str(path))
     return cfg
-
-
-@contextlib.contextmanager
-def lock_run(run_dir: str | Path) -> Iterator[None]:
-    """Hold the run directory's lock for a whole recipe, stages before training included.
-
-    Only the node's first process (``LOCAL_RANK`` unset or 0) locks; the trainer's own lock nests inside.
-    """
-    if os.environ.get("LOCAL_RANK", "0") != "0":
-        yield
-        return
-    with RunLock(run_dir):
-        yield

@@ -10,7 +10,7 @@ Layout (written by the trainer and the recipes)::
       checkpoints/step_XXXXXXX/   model.safetensors, ema.safetensors, optimizer.pt, state.json, config.yaml
       checkpoints/latest     name of the newest complete checkpoint
       samples/               what the recipe renders along the way
-      .lock                  held while a process trains here
+      .lock                  held while a process trains here (:func:`lock_run`)
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import IO, Any, ClassVar
 
 __all__ = [
-    "RunDirLocked", "RunLock", "atomic_open", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "save_figure",
-    "write_json",
+    "RunDirLocked", "RunLock", "atomic_open", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "lock_run",
+    "save_figure", "write_json",
 ]
 
 
@@ -191,3 +191,27 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def lock_run(run_dir: str | os.PathLike) -> Iterator[None]:
+    """The one way to hold a run directory: the recipes take it before anything is written (Hydra's ``.hydra/``
+    included, see :mod:`robust_gen.training.entry`) and keep it through every stage; the trainer takes it again,
+    which within the process only counts a nesting level, so a trainer used on its own is protected too.
+
+    Only the node's first process (``LOCAL_RANK`` unset or 0) locks: the others of a launch share its run.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> with lock_run(d):
+    ...     with lock_run(d):
+    ...         print("one lock, nested")
+    one lock, nested
+    """
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        yield
+        return
+    with RunLock(run_dir):
+        yield
