@@ -16,13 +16,13 @@ start_process()  # before torch loads: idle OpenMP threads sleep; a mismatched t
 
 import logging
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from robust_gen.image.build import load_run
 from robust_gen.image.sampling import balanced_request, generate, grid_columns, write_samples
-from robust_gen.training.recipe import CONFIG_ROOT, register_resolvers
+from robust_gen.training.entry import recipe_main
+from robust_gen.training.recipe import register_resolvers
 
 register_resolvers()
 log = logging.getLogger("recipes.image.sample")
@@ -51,8 +51,8 @@ def sample(cfg: DictConfig) -> list[str]:
     return folders
 
 
-@hydra.main(config_path=str(CONFIG_ROOT / "image"), config_name="sample", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+@recipe_main("image", "sample", required=("run_dir",))
+def main(cfg: DictConfig, output_dir) -> None:
     sample(cfg)
 
 

@@ -25,7 +25,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from accelerate import PartialState
 from hydra.core.hydra_config import HydraConfig
@@ -37,8 +36,8 @@ from robust_gen.speech.data.mel import MelConfig
 from robust_gen.speech.synthesis import Synthesizer, write_samples
 from robust_gen.speech.task import GradTTSTask, segment_frames_for
 from robust_gen.speech.vocoder import build_vocoder
+from robust_gen.training.entry import recipe_main
 from robust_gen.training.recipe import (
-    CONFIG_ROOT,
     lock_run,
     register_resolvers,
     trainer_config,
@@ -148,9 +147,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(config_path=str(CONFIG_ROOT / "tts"), config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    train(cfg)
+@recipe_main("tts", "train", lock=True)
+def main(cfg: DictConfig, run_dir: Path) -> None:
+    train(cfg, run_dir)
 
 
 if __name__ == "__main__":

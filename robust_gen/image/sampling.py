@@ -248,7 +248,7 @@ def write_samples(
     >>> import tempfile
     >>> d = write_samples(tempfile.mkdtemp(), np.zeros((2, 4, 4, 1), np.uint8), [0, 1], ["a", "b"])
     >>> data = np.load(d / "images.npz")
-    >>> data["images"].shape, data["labels"].dtype, list(data["captions"])
+    >>> data["images"].shape, data["labels"].dtype, data["captions"].tolist()
     ((2, 4, 4, 1), dtype('int64'), ['a', 'b'])
     """
     out = Path(out_dir)

@@ -37,8 +37,8 @@ from robust_gen.diffusion.ema import EMA, averaged_weights
 from robust_gen.diffusion.objective import batch_mean
 from robust_gen.diffusion.randomness import BatchGenerator
 from robust_gen.training.checkpoint import find_checkpoints, load_latest_checkpoint, save_checkpoint
-from robust_gen.training.interrupt import StopRequested, handle_stop_signals, signal_name
 from robust_gen.training.data import EpochSampler
+from robust_gen.training.interrupt import StopRequested, handle_stop_signals, signal_name
 from robust_gen.training.metrics import MetricsLogger
 from robust_gen.training.run_dir import lock_run, write_json
 from robust_gen.training.settings import SETTING_RULES, Rule, changed_settings, check_settings, check_value
