@@ -105,7 +105,7 @@ def remove_if_worthless(output_dir: str | os.PathLike) -> bool:
     return True
 
 
-def check_added_keys(overrides: Iterable[str], group_roots: Iterable[Path]) -> None:
+def check_added_keys(overrides: Iterable[str], group_roots: Iterable[Path], cfg: Any = None) -> None:
     """Refuse ``+key=value`` overrides of plain keys: nothing reads a key no config declares, so a typo
     (``+data.on_bda=skip``) would be silently ignored. ``+group=option`` (a config group) and keys under
     ``trainer.extra`` stay allowed.
@@ -125,9 +125,13 @@ def check_added_keys(overrides: Iterable[str], group_roots: Iterable[Path]) -> N
         key = override[1:].split("=", 1)[0].split("@", 1)[0]
         if key.startswith("trainer.extra.") or any((root / key.replace(".", "/")).is_dir() for root in roots):
             continue
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        node = OmegaConf.select(cfg, parent) if cfg is not None and parent else cfg
+        known = f"; keys of {parent or 'the config'}: {sorted(k for k in node.keys() if k != key.rsplit('.', 1)[-1])}" \
+            if isinstance(node, DictConfig) else ""
         raise ValueError(
             f"unknown key {key} (added with {override}): no config declares it, so nothing would read it; check the "
-            f"spelling and drop the '+' (an existing key is set as {key.rsplit('.', 1)[-1]}=... under its group)"
+            f"spelling and drop the '+'{known}"
         )
 
 
@@ -228,7 +232,7 @@ def recipe_main(
             from hydra.core.hydra_config import HydraConfig
 
             output_dir = Path(HydraConfig.get().runtime.output_dir)
-            check_added_keys(HydraConfig.get().overrides.task, group_roots)
+            check_added_keys(HydraConfig.get().overrides.task, group_roots, cfg)
             check_missing(cfg)
             if "trainer" in cfg:
                 trainer_config(cfg.trainer)
@@ -242,7 +246,6 @@ def recipe_main(
                     atomic_write_text(output_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
                 return task(cfg, output_dir)
 
-        @hydra.main(config_path=str(CONFIG_ROOT / recipe), config_name=config_name, version_base="1.3")
         def hydra_task(cfg: DictConfig) -> Any:
             from hydra.core.hydra_config import HydraConfig
 
@@ -256,13 +259,18 @@ def recipe_main(
             except (*USER_ERRORS, OSError) as error:
                 if isinstance(error, OSError) and not isinstance(error, USER_ERRORS) and error.errno != errno.ENOSPC:
                     raise
-                removed = remove_if_worthless(output_dir)
+                remove_if_worthless(output_dir)
                 if _verbose():
                     raise
-                where = " (the folder this command created is removed)" if removed else ""
-                print(f"error: {_one_line(error)}{where}", file=sys.stderr, flush=True)
+                print(f"error: {_one_line(error)}", file=sys.stderr, flush=True)
                 print("  (full traceback: HYDRA_FULL_ERROR=1 or --verbose)", file=sys.stderr, flush=True)
                 raise SystemExit(2) from None
+
+        # Hydra names the job (and its log file) after the function it is given, unwrapped: the recipe's task
+        hydra_task.__wrapped__ = task
+        hydra_main = hydra.main(config_path=str(CONFIG_ROOT / recipe), config_name=config_name, version_base="1.3")(
+            hydra_task
+        )
 
         @functools.wraps(task)
         def main() -> None:
@@ -275,7 +283,7 @@ def recipe_main(
                                                 for a in sys.argv[1:]):
                     print(f"error: {key} is required: python {sys.argv[0]} {key}=<value> ...", file=sys.stderr)
                     raise SystemExit(2)
-            hydra_task()
+            hydra_main()
 
         main.run = run  # the checked body, for tests that compose a config themselves
         return main
