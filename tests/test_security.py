@@ -120,7 +120,7 @@ def test_sample_captions_are_a_string_array_and_object_arrays_are_refused_unread
     captions[:] = [_Payload(marker), "b"]
     np.savez(crafted, images=np.zeros((2, 4, 4, 1), np.uint8), labels=np.array([0, 1]), captions=captions)
     assert pickle.dumps(_Payload(marker))  # the file really holds a pickle
-    with pytest.raises(ValueError, match="object array.*never unpickled"):
+    with pytest.raises(ValueError, match=r"object array.*never unpickled"):
         load_samples(crafted)
     assert not marker.exists()
 

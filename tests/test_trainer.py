@@ -178,7 +178,7 @@ def test_newest_checkpoint_without_checksums_is_named_in_a_warning(tmp_path, cap
 
 
 def test_keep_checkpoints_below_one_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="trainer.keep_checkpoints must be an integer >= 1"):
+    with pytest.raises(ValueError, match=r"trainer.keep_checkpoints must be an integer >= 1"):
         TrainerConfig(keep_checkpoints=0)
     with pytest.raises(ValueError, match="keep_checkpoints"):
         save_checkpoint(tmp_path, 1, tensors={"model": {"w": torch.ones(1)}}, keep=0)

@@ -31,7 +31,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from robust_gen.speech.data.dataset import build_training_set, collate_tts
+from robust_gen.speech.data.dataset import build_training_set, collate_tts, validate_tts_config
 from robust_gen.speech.data.mel import MelConfig
 from robust_gen.speech.synthesis import Synthesizer, write_samples
 from robust_gen.speech.task import GradTTSTask, segment_frames_for
@@ -147,7 +147,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-@recipe_main("tts", "train", lock=True)
+@recipe_main("tts", "train", lock=True, validate=validate_tts_config)
 def main(cfg: DictConfig, run_dir: Path) -> None:
     train(cfg, run_dir)
 

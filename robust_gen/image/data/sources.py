@@ -53,6 +53,7 @@ __all__ = [
     "read_caption_table",
     "report_skipped",
     "resize_square",
+    "validate_image_config",
 ]
 
 log = logging.getLogger(__name__)
