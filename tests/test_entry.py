@@ -52,6 +52,7 @@ def test_resuming_with_changed_settings_is_refused_before_anything_is_written(tm
     with pytest.raises(ValueError, match=r"loss._target_: .*L2Loss.* -> .*L1Loss.*; trainer.lr: 0.001 -> 0.5"):
         check_resume(compose_config("image", overrides=["trainer.lr=0.5", "loss=l1"]), tmp_path)
     check_resume(compose_config("image", overrides=["trainer.lr=0.5", "trainer.restart=true"]), tmp_path)
+    assert not (tmp_path / "checkpoints").exists() and len(list(tmp_path.glob("checkpoints.replaced-*"))) == 1
 
 
 def test_a_bad_value_prints_one_line_naming_the_key_and_leaves_no_folder(tmp_path):

@@ -166,6 +166,8 @@ def test_checkpoints_none_of_which_verifies_stop_the_run_instead_of_restarting(t
     assert trainer.step == 4
     aside = list(tmp_path.glob("checkpoints.replaced-*"))
     assert len(aside) == 1 and sorted(p.name for p in aside[0].glob("step_*")) == sorted(before)
+    assert train(tmp_path, 8, restart=True).step == 8  # resumable now: resumed (4 -> 8), not started over again
+    assert len(list(tmp_path.glob("checkpoints.replaced-*"))) == 1
 
 
 def test_newest_checkpoint_without_checksums_is_named_in_a_warning(tmp_path, caplog):

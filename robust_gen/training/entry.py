@@ -39,7 +39,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from robust_gen.training.checkpoint import UnverifiedCheckpointsError
 from robust_gen.training.interrupt import StopRequested, handle_stop_signals
-from robust_gen.training.run_dir import RunDirLocked, atomic_write_text, lock_run
+from robust_gen.training.run_dir import RunDirLocked, atomic_write_text, lock_run, set_run_aside
 from robust_gen.training.settings import changed_settings
 from robust_gen.training.trainer import NonFiniteLossError
 
@@ -173,21 +173,27 @@ def check_objects(cfg: DictConfig, groups: Iterable[str] = ("loss", "corruption"
 
 
 def check_resume(cfg: DictConfig, run_dir: Path) -> None:
-    """Refuse to resume a run whose checkpoints were trained with other settings (:func:`changed_settings`);
-    called under the run lock, before the recipe writes its config."""
+    """Refuse to resume a run whose checkpoints were trained with other settings (:func:`changed_settings`), or
+    with ``trainer.restart=true`` move them aside for a fresh start; called under the run lock, before the recipe
+    writes its config (on the node's first process only, which holds the lock)."""
     saved_path = run_dir / "config.yaml"
-    restart = bool(cfg.get("trainer", {}).get("restart", False))
-    if restart or not saved_path.is_file() or not any((run_dir / "checkpoints").glob("step_*")):
+    if os.environ.get("LOCAL_RANK", "0") != "0" or not saved_path.is_file():
+        return
+    if not any((run_dir / "checkpoints").glob("step_*")):
         return
     saved = yaml.safe_load(saved_path.read_text()) or {}
     current = OmegaConf.to_container(cfg, resolve=True)
     changes = changed_settings(saved, current)
-    if changes:
-        raise ValueError(
-            f"{run_dir} holds checkpoints trained with other settings than this command's: {'; '.join(changes)}. "
-            "Put the old values back to resume, start over with trainer.restart=true (old checkpoints are kept "
-            "aside), or train into a new run directory (hydra.run.dir=...)"
-        )
+    if not changes:
+        return
+    if bool(OmegaConf.select(cfg, "trainer.restart", default=False)):
+        set_run_aside(run_dir, f"other settings ({'; '.join(changes)})")
+        return
+    raise ValueError(
+        f"{run_dir} holds checkpoints trained with other settings than this command's: {'; '.join(changes)}. "
+        "Put the old values back to resume, start over with trainer.restart=true (old checkpoints are kept "
+        "aside), or train into a new run directory (hydra.run.dir=...)"
+    )
 
 
 def _write_hydra_files(output_dir: Path) -> None:

@@ -27,7 +27,7 @@ from typing import IO, Any, ClassVar
 
 __all__ = [
     "RunDirLocked", "RunLock", "atomic_open", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "lock_run",
-    "save_figure", "write_json",
+    "save_figure", "set_run_aside", "write_json",
 ]
 
 
@@ -118,6 +118,42 @@ def save_figure(figure: Any, path: str | os.PathLike, *, dpi: float | None = Non
     figure.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=dpi or "figure")
     atomic_write_bytes(path, buffer.getvalue())
     return path
+
+
+#: What a fresh start (``trainer.restart=true``) moves aside: the training state a new run would mix with its own.
+TRAINING_STATE = ("checkpoints", "metrics.jsonl", "summary.json", "tensorboard")
+
+
+def set_run_aside(run_dir: str | os.PathLike, reason: str) -> list[Path]:
+    """Move a run's training state aside under a dated name (``checkpoints.replaced-<UTC time>``), never deleting
+    it, so that training starts over at step 0; returns the new names. Called with the run lock held.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> run = Path(tempfile.mkdtemp())
+    >>> (run / "checkpoints").mkdir()
+    >>> [p.name.split("-")[0] for p in set_run_aside(run, "a test")]
+    ['checkpoints.replaced']
+    """
+    import logging
+    import time
+
+    run_dir = Path(run_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    moved = []
+    for name in TRAINING_STATE:
+        old = run_dir / name
+        if old.exists():
+            aside = run_dir / f"{old.stem}.replaced-{stamp}{old.suffix}"
+            old.rename(aside)
+            moved.append(aside)
+    if moved:
+        logging.getLogger(__name__).warning(
+            "trainer.restart=true and %s: %s moved aside; training starts at step 0", reason,
+            ", ".join(p.name for p in moved),
+        )
+    return moved
 
 
 class RunLock:

@@ -36,11 +36,16 @@ from tqdm.auto import tqdm
 from robust_gen.diffusion.ema import EMA, averaged_weights
 from robust_gen.diffusion.objective import batch_mean
 from robust_gen.diffusion.randomness import BatchGenerator
-from robust_gen.training.checkpoint import find_checkpoints, load_latest_checkpoint, save_checkpoint
+from robust_gen.training.checkpoint import (
+    UnverifiedCheckpointsError,
+    find_checkpoints,
+    load_latest_checkpoint,
+    save_checkpoint,
+)
 from robust_gen.training.data import EpochSampler
 from robust_gen.training.interrupt import StopRequested, handle_stop_signals, signal_name
 from robust_gen.training.metrics import MetricsLogger
-from robust_gen.training.run_dir import lock_run, write_json
+from robust_gen.training.run_dir import lock_run, set_run_aside, write_json
 from robust_gen.training.settings import SETTING_RULES, Rule, changed_settings, check_settings, check_value
 from robust_gen.training.sharding import (
     full_model_state,
@@ -140,8 +145,9 @@ class TrainerConfig:
     channels_last: bool = False
     fsdp: bool = False
     fsdp_wrap: list[str] = field(default_factory=list)
-    #: Start over from step 0 although the run directory holds checkpoints: they (and metrics.jsonl) are moved
-    #: aside to ``checkpoints.replaced-<time>/``, never deleted.
+    #: When the run directory's checkpoints cannot be resumed (none verifies, or they were trained with other
+    #: settings), start over at step 0 and move them (and metrics.jsonl) aside to ``checkpoints.replaced-<time>/``,
+    #: never deleting them. Resumable checkpoints are resumed anyway, so a re-queued command keeps its progress.
     restart: bool = False
     #: A finished run re-run with the same command does nothing; ``resample=true`` runs the end-of-training
     #: sampling / evaluation hook again.
@@ -398,21 +404,34 @@ class Trainer:
         return path
 
     def _resume(self) -> bool:
-        checkpoints = self.run_dir / "checkpoints"
-        if self.cfg.restart:
-            self._move_previous_run_aside()
-        ckpt = load_latest_checkpoint(checkpoints, map_location="cpu")  # raises when none of several verifies
-        if ckpt is None:
-            return False
-        saved = {"trainer": ckpt.state.get("trainer_config", {})}
-        changes = changed_settings(saved, {"trainer": asdict(self.cfg)})
-        if changes:
+        """Load the newest valid checkpoint. Checkpoints that cannot be resumed (none verifies, or trained with
+        other settings) stop the run, or with ``trainer.restart=true`` are moved aside for a fresh start; resumable
+        ones are resumed either way, so a re-queued command with ``restart=true`` does not start over again."""
+        try:
+            ckpt, unusable = load_latest_checkpoint(self.run_dir / "checkpoints", map_location="cpu"), None
+        except UnverifiedCheckpointsError as error:
+            ckpt, unusable = None, error
+        self.accelerator.wait_for_everyone()  # every process has read the folder before anything is moved
+        changes = []
+        if ckpt is not None:
+            changes = changed_settings({"trainer": ckpt.state.get("trainer_config", {})}, {"trainer": asdict(self.cfg)})
+        if unusable is None and not changes:
+            return self._load_state(ckpt) if ckpt is not None else False
+        if not self.cfg.restart:
+            if unusable is not None:
+                raise unusable
             raise ValueError(
                 f"{self.run_dir} was trained with other settings than this command's: {'; '.join(changes)}. Resuming "
                 "would mix them (and the run directory would record values its weights were not trained with). "
                 "Put the old values back to resume, or start over with trainer.restart=true (old checkpoints are "
                 "kept aside), or train into a new run directory"
             )
+        if self.is_main:
+            set_run_aside(self.run_dir, "no checkpoint verifies" if unusable is not None else "other settings")
+        self.accelerator.wait_for_everyone()
+        return False
+
+    def _load_state(self, ckpt) -> bool:
         model = self.accelerator.unwrap_model(self.model)
         optimizer_state = ckpt.objects["optimizer"]
         # sharded runs key the optimizer state by parameter name, unsharded ones (torch's format) by index
@@ -433,20 +452,6 @@ class Trainer:
         self.nonfinite_total = int(ckpt.state.get("nonfinite_total", 0))
         log.info("resumed from %s (step %d, epoch %d, batch %d)", ckpt.path, self.step, self.epoch, self.batch_in_epoch)
         return True
-
-    def _move_previous_run_aside(self) -> None:
-        """``trainer.restart=true``: keep the old checkpoints and metrics under a dated name, start from step 0."""
-        if not self.is_main:
-            self.accelerator.wait_for_everyone()
-            return
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-        for name in ("checkpoints", "metrics.jsonl", "summary.json"):
-            old = self.run_dir / name
-            if old.exists():
-                aside = self.run_dir / f"{old.stem}.replaced-{stamp}{old.suffix}"
-                old.rename(aside)
-                log.warning("trainer.restart=true: %s moved aside to %s; training starts at step 0", old, aside.name)
-        self.accelerator.wait_for_everyone()
 
     def _ema_state(self) -> dict[str, torch.Tensor]:
         """The EMA's state dict in :class:`EMA`'s own format, gathered to full tensors when sharded."""
