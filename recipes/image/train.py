@@ -44,7 +44,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             config_yaml=setup.config_yaml, eval_fn=setup.eval_fn,
         )
         summary = trainer.fit()
-    log.info("finished at step %s: loss %s; run directory %s", summary.get("step"), summary.get("loss"), run_dir)
+    log.info("%s at step %s: loss %s; run directory %s", summary.get("status", "complete"), summary.get("step"),
+             summary.get("loss"), run_dir)
     return summary
 
 

@@ -142,7 +142,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     )
     summary = trainer.fit()
     log.info(
-        "finished at step %s: %s", summary.get("step"), {k: v for k, v in summary.items() if "loss" in k}
+        "%s at step %s: %s", summary.get("status", "complete"), summary.get("step"),
+        {k: v for k, v in summary.items() if "loss" in k},
     )
     return summary
 
