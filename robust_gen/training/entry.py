@@ -291,7 +291,6 @@ def recipe_main(
                     raise SystemExit(2)
             hydra_main()
 
-        main.run = run  # the checked body, for tests that compose a config themselves
         return main
 
     return decorator

@@ -684,7 +684,9 @@ class Trainer:
 
     def _weights_finite(self) -> bool:
         model = self.accelerator.unwrap_model(self.model)
-        local = all(bool(torch.isfinite(p.detach()).all()) for p in model.parameters())
+        # a sharded parameter is a DTensor: each process checks its own shard, the reduction combines them
+        local = all(bool(torch.isfinite(p.to_local() if isinstance(p, DTensor) else p).all()) for p in
+                    (q.detach() for q in model.parameters()))
         flag = torch.tensor(float(local), device=self.accelerator.device)
         return bool(self.accelerator.reduce(flag, reduction="min") > 0)
 
