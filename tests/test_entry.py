@@ -96,3 +96,8 @@ def test_a_refused_second_process_writes_nothing_into_the_run(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_objects_needing_values_from_the_data_are_not_refused_early():
+    check_objects(compose_config("tts", overrides=["corruption=speaker_mix"]))  # target / contaminant come later
+    check_objects(compose_config("image", overrides=["corruption=label_flip"]))  # num_classes comes later
