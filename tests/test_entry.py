@@ -101,3 +101,20 @@ def test_a_refused_second_process_writes_nothing_into_the_run(tmp_path):
 def test_objects_needing_values_from_the_data_are_not_refused_early():
     check_objects(compose_config("tts", overrides=["corruption=speaker_mix"]))  # target / contaminant come later
     check_objects(compose_config("image", overrides=["corruption=label_flip"]))  # num_classes comes later
+
+
+def test_sigterm_during_the_autoencoder_stage_says_so_and_exits_143(tmp_path):
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    command = [sys.executable, str(ROOT / "recipes" / "image" / "train.py"), f"hydra.run.dir={tmp_path / 'run'}",
+               "data.limit=24", "data.resolution=16", "autoencoder.train.steps=100000", "autoencoder.train.batch_size=4"]
+    victim = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    deadline, seen = time.monotonic() + 120, ""
+    while "autoencoder" not in seen and time.monotonic() < deadline:  # its progress bar is on stderr
+        seen += victim.stderr.read(64)
+    victim.send_signal(signal.SIGTERM)
+    rest = victim.communicate(timeout=60)[1]
+    assert victim.returncode == 143
+    assert "stopped by SIGTERM before training started" in rest and "Traceback" not in rest
