@@ -469,6 +469,8 @@ def build_training_set(
     try:
         records, skipped = load_records(source, on_missing=checks.on_bad, **options)
     except FileNotFoundError as error:
+        if "audio file" not in str(error):  # a missing corpus folder or metadata file: no policy skips that
+            raise
         raise FileNotFoundError(f"{error}. With data.on_bad=skip missing audio files are left out") from error
 
     target, contaminant = data.get("target_speaker"), data.get("contaminant_speaker")
