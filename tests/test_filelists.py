@@ -52,6 +52,27 @@ def test_malformed_line_names_file_and_line(tmp_path, bad_line):
         read_filelist(filelist)
 
 
+def test_empty_transcript_under_skip_is_left_out_and_counted_by_the_data_checks(tmp_path):
+    import torch
+
+    from robust_gen.speech.data.audio import save_audio
+    from robust_gen.speech.data.dataset import DataChecks, prepare_utterances
+    from robust_gen.speech.data.mel import MelConfig
+    from robust_gen.speech.data.mel_cache import MelCache
+
+    for name in ("a", "b"):
+        save_audio(tmp_path / f"{name}.wav", 0.3 * torch.randn(22050, generator=torch.Generator().manual_seed(0)),
+                   22050)
+    (tmp_path / "l.txt").write_text("a.wav|Hello there.|s1\nb.wav||s1\n")
+    with pytest.raises(ValueError, match=r"l\.txt, line 2"):
+        read_filelist(tmp_path / "l.txt")  # under "error" it is still named with its line
+    records = read_filelist(tmp_path / "l.txt", on_missing="skip")
+    prepared = prepare_utterances(records, cache=MelCache(tmp_path / "mels", MelConfig()),
+                                  checks=DataChecks(on_bad="skip"))
+    assert [r["text"] for r in prepared.records] == ["Hello there."]
+    assert len(prepared.skipped) == 1 and prepared.skipped[0].reason.startswith("text yields no symbols")
+
+
 def test_two_field_lines_with_default_speaker(tmp_path):
     touch(tmp_path / "a.wav")
     (tmp_path / "l.txt").write_text("a.wav|Single speaker.\n")

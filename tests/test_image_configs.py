@@ -111,6 +111,6 @@ def test_train_config_hydra_settings_and_sample_config():
     text = (IMAGE / "train.yaml").read_text()
     assert "file://${oc.env:ROBUST_GEN_CONFIGS}/shared" in text
     assert "runs/image/${rg.run_name:${hydra:job.override_dirname}}" in text
-    assert "exclude_keys: [trainer.max_steps, trainer.progress, hydra.run.dir]" in text
+    assert "exclude_keys: [trainer.max_steps, trainer.progress, trainer.restart, trainer.resample, hydra.run.dir]" in text
     sample = _compose("sample", ["run_dir=/tmp/some_run"])
     assert sample.sampler.name == "dpm_solver" and list(sample.guidance_scales) == [1.0, 3.0]

@@ -100,8 +100,22 @@ def _nan_tiff(path):
     Image.fromarray(pixels, mode="F").save(path)
 
 
+def _bomb_png(path):
+    """A tiny PNG whose header claims 40000 x 40000 pixels (a decompression bomb): PIL refuses it at open."""
+    import struct
+    import zlib
+
+    Image.new("L", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = 8 + 8  # signature, then the IHDR chunk's length and type
+    data[ihdr:ihdr + 8] = struct.pack(">II", 40000, 40000)
+    data[ihdr + 13:ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4:ihdr + 13])))
+    path.write_bytes(bytes(data))
+
+
 #: One writer per kind of bad image file, and the reason the skipped list must give.
 BAD_FILES = {
+    "decompression_bomb": ("bad.png", _bomb_png, "too many pixels"),
     "truncated": ("bad.png", _truncated_png, "unreadable image"),
     "empty": ("bad.png", lambda path: path.write_bytes(b""), "empty (0-byte) file"),
     "text_as_png": ("bad.png", lambda path: path.write_text("just some notes, not pixels\n"), "unreadable image"),
@@ -128,6 +142,31 @@ def test_folder_bad_image_is_skipped_counted_and_listed_or_named(tmp_path, kind,
     assert listed["images"][0]["reason"].startswith(reason)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "skipped 1 bad image(s)" in warnings[0] and SKIPPED_IMAGES_FILE in warnings[0]
+
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path):
+    _write_folder(tmp_path / "data")
+    ramp = np.tile(np.linspace(0, 65535, 16).round().astype(np.uint16), (16, 1))
+    Image.fromarray(ramp).save(tmp_path / "data" / "dog" / "deep.png")  # a 16-bit grayscale PNG
+    src = build_source({"source": "folder", "root": str(tmp_path / "data"), "resolution": 16,
+                        "interpolation": "nearest", "channels": 1})
+    row = src.images[-1][0, :, 0]
+    assert row[0] == 0 and row[-1] == 255 and len(set(row.tolist())) == 16  # a ramp, not 0 / 255 only
+
+
+def test_tiny_images_are_kept_with_a_warning_below_min_size(tmp_path, caplog):
+    _write_folder(tmp_path / "data")
+    Image.new("RGB", (1, 1), "red").save(tmp_path / "data" / "dog" / "dot.png")
+    cfg = {"source": "folder", "root": str(tmp_path / "data"), "resolution": 8}
+    with caplog.at_level(logging.WARNING, logger="robust_gen.image.data.sources"):
+        src = build_source(cfg)
+    assert len(src.records) == 5
+    assert any("smaller than data.min_size=8" in r.getMessage() and "dot.png (1x1)" in r.getMessage()
+               for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="robust_gen.image.data.sources"):
+        build_source({**cfg, "min_size": 1})
+    assert not any("min_size" in r.getMessage() for r in caplog.records)
 
 
 def test_folder_skip_keeps_configuration_faults_as_errors(tmp_path):

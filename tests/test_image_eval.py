@@ -66,7 +66,7 @@ def _noise(n, size=32, seed=0):
 def _write_samples(run_dir, tag, images, labels, **extra):
     path = Path(run_dir) / "samples" / tag / "images.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, images=images, labels=labels, captions=np.array([], dtype=object), **extra)
+    np.savez(path, images=images, labels=labels, captions=np.array([], dtype=np.str_), **extra)
     return path
 
 

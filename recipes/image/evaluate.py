@@ -19,7 +19,6 @@ start_process(help_for="image/evaluate")
 import logging
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -31,7 +30,8 @@ from robust_gen.image.eval.metrics import (
     get_or_train_classifier,
     load_references,
 )
-from robust_gen.training.recipe import CONFIG_ROOT, register_resolvers
+from robust_gen.training.entry import recipe_main
+from robust_gen.training.recipe import register_resolvers
 
 register_resolvers()
 log = logging.getLogger(__name__)
@@ -92,8 +92,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     )
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_ROOT / "image"), config_name="evaluate")
-def main(cfg: DictConfig) -> None:
+@recipe_main("image", "evaluate", required=("run_dir",))
+def main(cfg: DictConfig, output_dir) -> None:
     report = evaluate(cfg)
     for tag, entry in report["tags"].items():
         log.info(

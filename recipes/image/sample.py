@@ -5,7 +5,7 @@
         guidance_scales=[1.0,1.5,3.0,5.0] num_images=1000
 
 Per guidance scale this writes <run_dir>/samples/<sampler><steps>_g<scale>/images.npz (images uint8 [N, H, W, C],
-labels int64 [N] balanced over the classes or -1, captions object array), grid.png and info.json.
+labels int64 [N] balanced over the classes or -1, captions a string array), grid.png and info.json.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ start_process(help_for="image/sample")
 
 import logging
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from robust_gen.image.build import load_run
 from robust_gen.image.sampling import balanced_request, generate, grid_columns, write_samples
-from robust_gen.training.recipe import CONFIG_ROOT, register_resolvers
+from robust_gen.training.entry import recipe_main
+from robust_gen.training.recipe import register_resolvers
 
 register_resolvers()
 log = logging.getLogger("recipes.image.sample")
@@ -52,8 +52,8 @@ def sample(cfg: DictConfig) -> list[str]:
     return folders
 
 
-@hydra.main(config_path=str(CONFIG_ROOT / "image"), config_name="sample", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+@recipe_main("image", "sample", required=("run_dir",))
+def main(cfg: DictConfig, output_dir) -> None:
     sample(cfg)
 
 

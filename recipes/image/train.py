@@ -21,13 +21,14 @@ start_process(help_for="image/train", optional_groups=("experiment",))
 import logging
 from pathlib import Path
 
-import hydra
 from accelerate import PartialState
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from robust_gen.image.build import prepare_training
-from robust_gen.training.recipe import CONFIG_ROOT, lock_run, register_resolvers, trainer_config
+from robust_gen.image.data.sources import validate_image_config
+from robust_gen.training.entry import recipe_main
+from robust_gen.training.recipe import register_resolvers, trainer_config
+from robust_gen.training.run_dir import lock_run
 from robust_gen.training.trainer import Trainer, run_on_cpu
 
 register_resolvers()
@@ -46,13 +47,14 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             config_yaml=setup.config_yaml, eval_fn=setup.eval_fn,
         )
         summary = trainer.fit()
-    log.info("finished at step %s: loss %s; run directory %s", summary.get("step"), summary.get("loss"), run_dir)
+    log.info("%s at step %s: loss %s; run directory %s", summary.get("status", "complete"), summary.get("step"),
+             summary.get("loss"), run_dir)
     return summary
 
 
-@hydra.main(config_path=str(CONFIG_ROOT / "image"), config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    train(cfg, HydraConfig.get().runtime.output_dir)
+@recipe_main("image", "train", lock=True, validate=validate_image_config)
+def main(cfg: DictConfig, run_dir: Path) -> None:
+    train(cfg, run_dir)
 
 
 if __name__ == "__main__":

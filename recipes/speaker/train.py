@@ -22,7 +22,6 @@ import logging
 import time
 from pathlib import Path
 
-import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -40,7 +39,8 @@ from robust_gen.speaker import (
 )
 from robust_gen.speech.data.corpus import HELD_OUT_VOICES, synthesize_corpus
 from robust_gen.speech.data.filelists import read_filelist
-from robust_gen.training.recipe import CONFIG_ROOT, register_resolvers, write_resolved_config
+from robust_gen.training.entry import recipe_main
+from robust_gen.training.recipe import register_resolvers, write_resolved_config
 
 register_resolvers()
 log = logging.getLogger("recipes.speaker.train")
@@ -118,8 +118,8 @@ def train(cfg: DictConfig) -> dict:
     return {"model_dir": str(model_dir), "training": trained.facts, "calibration": calibration}
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_ROOT / "speaker"), config_name="train")
-def main(cfg: DictConfig) -> None:
+@recipe_main("speaker", "train")
+def main(cfg: DictConfig, output_dir: Path) -> None:
     train(cfg)
 
 

@@ -23,12 +23,12 @@ start_process(help_for="tts/synthesize")
 import logging
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from robust_gen.speech.synthesis import Synthesizer, load_trained, read_text_list, write_samples
 from robust_gen.speech.vocoder import build_vocoder
-from robust_gen.training.recipe import CONFIG_ROOT, register_resolvers
+from robust_gen.training.entry import recipe_main
+from robust_gen.training.recipe import register_resolvers
 
 register_resolvers()
 log = logging.getLogger(__name__)
@@ -58,8 +58,8 @@ def synthesize(cfg: DictConfig) -> list[dict]:
     return rows
 
 
-@hydra.main(config_path=str(CONFIG_ROOT / "tts"), config_name="synthesize", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+@recipe_main("tts", "synthesize", required=("run_dir",))
+def main(cfg: DictConfig, output_dir: Path) -> None:
     synthesize(cfg)
 
 

@@ -26,25 +26,24 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from accelerate import PartialState
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from robust_gen.speech.data.dataset import build_training_set, collate_tts
+from robust_gen.speech.data.dataset import build_training_set, collate_tts, validate_tts_config
 from robust_gen.speech.data.mel import MelConfig
 from robust_gen.speech.synthesis import Synthesizer, write_samples
 from robust_gen.speech.task import GradTTSTask, segment_frames_for
 from robust_gen.speech.vocoder import build_vocoder
+from robust_gen.training.entry import recipe_main
 from robust_gen.training.recipe import (
-    CONFIG_ROOT,
-    lock_run,
     register_resolvers,
     trainer_config,
     write_resolved_config,
 )
+from robust_gen.training.run_dir import lock_run
 from robust_gen.training.trainer import Trainer, run_on_cpu
 
 register_resolvers()
@@ -144,14 +143,15 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     )
     summary = trainer.fit()
     log.info(
-        "finished at step %s: %s", summary.get("step"), {k: v for k, v in summary.items() if "loss" in k}
+        "%s at step %s: %s", summary.get("status", "complete"), summary.get("step"),
+        {k: v for k, v in summary.items() if "loss" in k},
     )
     return summary
 
 
-@hydra.main(config_path=str(CONFIG_ROOT / "tts"), config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    train(cfg)
+@recipe_main("tts", "train", lock=True, validate=validate_tts_config)
+def main(cfg: DictConfig, run_dir: Path) -> None:
+    train(cfg, run_dir)
 
 
 if __name__ == "__main__":

@@ -50,10 +50,11 @@ META_NAME = "image_meta.json"
 _COMMON = ("resolution", "crop_margin", "interpolation", "limit")
 _SOURCE_ARGS = {  # the digits cannot be bad, so they take no `on_bad`
     "digits": ("caption_seed",),
-    "folder": ("root", "channels", "caption_template", "on_bad"),
-    "table": ("table", "image_column", "caption_column", "label_column", "image_root", "channels", "on_bad"),
+    "folder": ("root", "channels", "caption_template", "on_bad", "min_size"),
+    "table": ("table", "image_column", "caption_column", "label_column", "image_root", "channels", "on_bad",
+              "min_size"),
     "hf": ("name", "split", "image_column", "label_column", "caption_column", "caption_template", "config_name",
-           "revision", "data_dir", "channels", "on_bad"),
+           "revision", "data_dir", "channels", "on_bad", "min_size"),
 }
 _LOADERS = {"digits": load_digits_source, "folder": load_folder_source, "table": load_table_source,
             "hf": load_hf_source}

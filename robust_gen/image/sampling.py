@@ -8,8 +8,8 @@ classifier-free guidance (:class:`~robust_gen.diffusion.samplers.Guided`): ``[nu
 scale, or ``[null, semantics, semantics + control]`` with a separate control scale (Berrada et al. 2024).
 
 For evaluation, :func:`write_samples` writes ``<dir>/images.npz`` with ``images`` (uint8 ``[N, H, W, C]``),
-``labels`` (int64 ``[N]``, -1 without classes) and ``captions`` (object array of str; read it with
-``np.load(path, allow_pickle=True)``), plus ``grid.png`` and ``info.json``.
+``labels`` (int64 ``[N]``, -1 without classes) and ``captions`` (a string array; read it with
+``np.load(path)``, no pickle), plus ``grid.png`` and ``info.json``.
 """
 
 from __future__ import annotations
@@ -257,15 +257,15 @@ def write_samples(
     --------
     >>> import tempfile
     >>> d = write_samples(tempfile.mkdtemp(), np.zeros((2, 4, 4, 1), np.uint8), [0, 1], ["a", "b"])
-    >>> data = np.load(d / "images.npz", allow_pickle=True)
-    >>> data["images"].shape, data["labels"].dtype, list(data["captions"])
+    >>> data = np.load(d / "images.npz")
+    >>> data["images"].shape, data["labels"].dtype, data["captions"].tolist()
     ((2, 4, 4, 1), dtype('int64'), ['a', 'b'])
     """
     out = Path(out_dir)
     images = np.asarray(images, dtype=np.uint8)
     labels_array = np.asarray(list(labels), dtype=np.int64)
-    captions_array = np.empty(len(captions), dtype=object)
-    captions_array[:] = [str(c) for c in captions]
+    # a string array, so that readers never need pickle (np.load(..., allow_pickle=False) reads it)
+    captions_array = np.array([str(c) for c in captions], dtype=np.str_).reshape(len(captions))
     if not len(images) == len(labels_array) == len(captions_array):
         raise ValueError(f"{len(images)} images, {len(labels_array)} labels and {len(captions_array)} captions differ")
     buffer = io.BytesIO()

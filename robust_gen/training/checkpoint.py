@@ -12,6 +12,7 @@ and the trainer's own state is JSON.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -28,6 +29,7 @@ from robust_gen.training.run_dir import atomic_write_text, fsync_dir, write_json
 
 __all__ = [
     "Checkpoint",
+    "UnverifiedCheckpointsError",
     "find_checkpoints",
     "load_checkpoint",
     "load_latest_checkpoint",
@@ -38,6 +40,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CHECKSUMS = "checksums.json"
+
+
+class UnverifiedCheckpointsError(RuntimeError):
+    """A folder holds checkpoints but none of them verifies: starting over would silently overwrite them."""
 
 
 @dataclass
@@ -92,6 +98,8 @@ def save_checkpoint(
     >>> load_latest_checkpoint(d).tensors["model"]["w"].tolist()
     [1.0, 1.0]
     """
+    if not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"trainer.keep_checkpoints must be an integer >= 1, got {keep!r} (0 would delete them all)")
     root = Path(checkpoint_dir)
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:08d}"
@@ -118,13 +126,35 @@ def save_checkpoint(
             shutil.rmtree(final)
         tmp.rename(final)
         fsync_dir(root)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _out_of_space(e, root):
+            raise OSError(
+                errno.ENOSPC,
+                f"no space left on the device holding {root} while writing checkpoint {name} ({e}); the previous "
+                f"checkpoints are intact. Free space there (or point the run at another disk), then re-run the "
+                f"command to resume",
+            ) from e
         raise
     atomic_write_text(root / "latest", name + "\n")
     for old in find_checkpoints(root)[keep:]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _out_of_space(error: BaseException, folder: Path) -> bool:
+    """Whether a failed write was (most likely) a full disk: torch.save reports ENOSPC as a bare C++ stream error."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    text = str(error)
+    if "No space left" in text:
+        return True
+    if isinstance(error, RuntimeError) and ("iostream error" in text or "failed writing" in text):
+        try:
+            return shutil.disk_usage(folder).free < (64 << 20)
+        except OSError:
+            return False
+    return False
 
 
 def find_checkpoints(checkpoint_dir: str | Path) -> list[Path]:
@@ -152,15 +182,48 @@ def _verify(path: Path) -> str | None:
 
 
 def load_latest_checkpoint(checkpoint_dir: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint | None:
-    """Load the newest valid checkpoint, skipping (with a warning) any that fail verification."""
-    for path in find_checkpoints(checkpoint_dir):
-        problem = _verify(path)
+    """Load the newest valid checkpoint, skipping (with a warning) any that fail verification.
+
+    Returns None when the folder holds no checkpoint at all. A ``step_*`` folder newer than the one loaded that has
+    no ``checksums.json`` is named in a warning. When checkpoints exist but none verifies,
+    :class:`UnverifiedCheckpointsError` lists them: a caller that started over would overwrite them.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> load_latest_checkpoint(d) is None
+    True
+    >>> (d / "step_00000005").mkdir()
+    >>> load_latest_checkpoint(d)
+    Traceback (most recent call last):
+    ...
+    robust_gen.training.checkpoint.UnverifiedCheckpointsError: ... none of the 1 checkpoint(s) ... verifies: ...
+    """
+    root = Path(checkpoint_dir)
+    all_folders = sorted((p for p in root.glob("step_*") if p.is_dir()), reverse=True) if root.is_dir() else []
+    problems: dict[Path, str] = {}
+    for path in all_folders:
+        problem = _verify(path) if (path / CHECKSUMS).exists() else f"no {CHECKSUMS} (written by an interrupted save?)"
         if problem is None:
             try:
-                return _load(path, map_location)
+                checkpoint = _load(path, map_location)
             except Exception as e:  # a file that passes its checksum but still fails to parse
                 problem = f"failed to load: {e}"
-        log.warning("skipping checkpoint %s: %s; falling back to an older one", path, problem)
+            else:
+                for skipped, why in problems.items():
+                    log.warning("checkpoint %s is newer than %s but cannot be used (%s); resuming from the older "
+                                "one", skipped, path.name, why)
+                return checkpoint
+        problems[path] = problem
+        log.warning("skipping checkpoint %s: %s", path, problem)
+    if problems:
+        listing = "; ".join(f"{p.name}: {why}" for p, why in problems.items())
+        raise UnverifiedCheckpointsError(
+            f"{root}: none of the {len(problems)} checkpoint(s) there verifies: {listing}. Nothing was overwritten. "
+            "To start over from step 0 (the old checkpoints are moved aside, not deleted) re-run with "
+            "trainer.restart=true, or train into a new run directory (hydra.run.dir=...)"
+        )
     return None
 
 

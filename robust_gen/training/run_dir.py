@@ -10,7 +10,7 @@ Layout (written by the trainer and the recipes)::
       checkpoints/step_XXXXXXX/   model.safetensors, ema.safetensors, optimizer.pt, state.json, config.yaml
       checkpoints/latest     name of the newest complete checkpoint
       samples/               what the recipe renders along the way
-      .lock                  held while a process trains here
+      .lock                  held while a process trains here (:func:`lock_run`)
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import IO, Any, ClassVar
 
 __all__ = [
-    "RunDirLocked", "RunLock", "atomic_open", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "save_figure",
-    "write_json",
+    "RunDirLocked", "RunLock", "atomic_open", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "lock_run",
+    "save_figure", "set_run_aside", "write_json",
 ]
 
 
@@ -120,6 +120,42 @@ def save_figure(figure: Any, path: str | os.PathLike, *, dpi: float | None = Non
     return path
 
 
+#: What a fresh start (``trainer.restart=true``) moves aside: the training state a new run would mix with its own.
+TRAINING_STATE = ("checkpoints", "metrics.jsonl", "summary.json", "tensorboard")
+
+
+def set_run_aside(run_dir: str | os.PathLike, reason: str) -> list[Path]:
+    """Move a run's training state aside under a dated name (``checkpoints.replaced-<UTC time>``), never deleting
+    it, so that training starts over at step 0; returns the new names. Called with the run lock held.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> run = Path(tempfile.mkdtemp())
+    >>> (run / "checkpoints").mkdir()
+    >>> [p.name.split("-")[0] for p in set_run_aside(run, "a test")]
+    ['checkpoints.replaced']
+    """
+    import logging
+    import time
+
+    run_dir = Path(run_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    moved = []
+    for name in TRAINING_STATE:
+        old = run_dir / name
+        if old.exists():
+            aside = run_dir / f"{old.stem}.replaced-{stamp}{old.suffix}"
+            old.rename(aside)
+            moved.append(aside)
+    if moved:
+        logging.getLogger(__name__).warning(
+            "trainer.restart=true and %s: %s moved aside; training starts at step 0", reason,
+            ", ".join(p.name for p in moved),
+        )
+    return moved
+
+
 class RunLock:
     """An exclusive, advisory lock on a run directory, released when the process exits (even on SIGKILL).
 
@@ -191,3 +227,27 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def lock_run(run_dir: str | os.PathLike) -> Iterator[None]:
+    """The one way to hold a run directory: the recipes take it before anything is written (Hydra's ``.hydra/``
+    included, see :mod:`robust_gen.training.entry`) and keep it through every stage; the trainer takes it again,
+    which within the process only counts a nesting level, so a trainer used on its own is protected too.
+
+    Only the node's first process (``LOCAL_RANK`` unset or 0) locks: the others of a launch share its run.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> with lock_run(d):
+    ...     with lock_run(d):
+    ...         print("one lock, nested")
+    one lock, nested
+    """
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        yield
+        return
+    with RunLock(run_dir):
+        yield

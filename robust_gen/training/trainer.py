@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import math
 import os
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -36,10 +36,17 @@ from tqdm.auto import tqdm
 from robust_gen.diffusion.ema import EMA, averaged_weights
 from robust_gen.diffusion.objective import batch_mean
 from robust_gen.diffusion.randomness import BatchGenerator
-from robust_gen.training.checkpoint import load_latest_checkpoint, save_checkpoint
+from robust_gen.training.checkpoint import (
+    UnverifiedCheckpointsError,
+    find_checkpoints,
+    load_latest_checkpoint,
+    save_checkpoint,
+)
 from robust_gen.training.data import EpochSampler
+from robust_gen.training.interrupt import StopRequested, handle_stop_signals, signal_name
 from robust_gen.training.metrics import MetricsLogger
-from robust_gen.training.run_dir import RunLock, write_json
+from robust_gen.training.run_dir import lock_run, set_run_aside, write_json
+from robust_gen.training.settings import SETTING_RULES, Rule, changed_settings, check_settings, check_value
 from robust_gen.training.sharding import (
     full_model_state,
     full_optimizer_state,
@@ -104,6 +111,10 @@ class TrainerConfig:
     Traceback (most recent call last):
     ...
     ValueError: trainer.compile_mode must be null or one of ('default', ...), got 'fastest'
+    >>> TrainerConfig(log_every=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: trainer.log_every must be an integer >= 1, got 0
     """
 
     max_steps: int = 1000
@@ -134,17 +145,24 @@ class TrainerConfig:
     channels_last: bool = False
     fsdp: bool = False
     fsdp_wrap: list[str] = field(default_factory=list)
+    #: When the run directory's checkpoints cannot be resumed (none verifies, or they were trained with other
+    #: settings), start over at step 0 and move them (and metrics.jsonl) aside to ``checkpoints.replaced-<time>/``,
+    #: never deleting them. Resumable checkpoints are resumed anyway, so a re-queued command keeps its progress.
+    restart: bool = False
+    #: A finished run re-run with the same command does nothing; ``resample=true`` runs the end-of-training
+    #: sampling / evaluation hook again.
+    resample: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.max_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError(
-                f"max_steps, batch_size and grad_accum must be >= 1, got {self.max_steps}, {self.batch_size}, "
-                f"{self.grad_accum}"
-            )
+        check_settings(self, SETTING_RULES, "trainer")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
-        self.adam_betas = tuple(self.adam_betas)
+            raise ValueError(f"trainer.mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        betas = list(self.adam_betas) if isinstance(self.adam_betas, (list, tuple)) else [self.adam_betas]
+        if len(betas) != 2:
+            raise ValueError(f"trainer.adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
+        beta_rule = Rule("float", 0, 1, open_high=True)
+        self.adam_betas = tuple(check_value(f"trainer.adam_betas[{i}]", b, beta_rule) for i, b in enumerate(betas))
         self._check_compile_settings()
         if isinstance(self.fsdp_wrap, str) or not all(isinstance(name, str) for name in self.fsdp_wrap):
             raise ValueError(
@@ -257,6 +275,7 @@ class Trainer:
         self.nonfinite_total = 0
         self.nonfinite_in_row = 0
         self._stop_requested = False
+        self._stop_signal: int | None = None
         self._eval_module: torch.nn.Module | None = None
 
     # ----------------------------------------------------------------------------------------------- set-up
@@ -353,8 +372,19 @@ class Trainer:
         }
 
     def save(self) -> Path | None:
-        """Write a checkpoint of the current step (main process; all processes wait for it)."""
+        """Write a checkpoint of the current step (main process; all processes wait for it).
+
+        Weights that are no longer finite (an optimizer step too large for them) are never saved as a state to
+        resume from: :class:`NonFiniteLossError` names the newest good checkpoint instead.
+        """
         self.accelerator.wait_for_everyone()
+        if not self._weights_finite():
+            kept = find_checkpoints(self.run_dir / "checkpoints")
+            raise NonFiniteLossError(
+                f"the weights are no longer finite at step {self.step} (NaN or inf after an optimizer step), so no "
+                f"checkpoint was written; the newest good one is {kept[0] if kept else 'none'}. "
+                f"{self._nonfinite_fix()}"
+            )
         path = None
         # Gathering a sharded model's full weights is a collective: every process takes part, the main one writes.
         model = self.accelerator.unwrap_model(self.model)
@@ -374,9 +404,34 @@ class Trainer:
         return path
 
     def _resume(self) -> bool:
-        ckpt = load_latest_checkpoint(self.run_dir / "checkpoints", map_location="cpu")
-        if ckpt is None:
-            return False
+        """Load the newest valid checkpoint. Checkpoints that cannot be resumed (none verifies, or trained with
+        other settings) stop the run, or with ``trainer.restart=true`` are moved aside for a fresh start; resumable
+        ones are resumed either way, so a re-queued command with ``restart=true`` does not start over again."""
+        try:
+            ckpt, unusable = load_latest_checkpoint(self.run_dir / "checkpoints", map_location="cpu"), None
+        except UnverifiedCheckpointsError as error:
+            ckpt, unusable = None, error
+        self.accelerator.wait_for_everyone()  # every process has read the folder before anything is moved
+        changes = []
+        if ckpt is not None:
+            changes = changed_settings({"trainer": ckpt.state.get("trainer_config", {})}, {"trainer": asdict(self.cfg)})
+        if unusable is None and not changes:
+            return self._load_state(ckpt) if ckpt is not None else False
+        if not self.cfg.restart:
+            if unusable is not None:
+                raise unusable
+            raise ValueError(
+                f"{self.run_dir} was trained with other settings than this command's: {'; '.join(changes)}. Resuming "
+                "would mix them (and the run directory would record values its weights were not trained with). "
+                "Put the old values back to resume, or start over with trainer.restart=true (old checkpoints are "
+                "kept aside), or train into a new run directory"
+            )
+        if self.is_main:
+            set_run_aside(self.run_dir, "no checkpoint verifies" if unusable is not None else "other settings")
+        self.accelerator.wait_for_everyone()
+        return False
+
+    def _load_state(self, ckpt) -> bool:
         model = self.accelerator.unwrap_model(self.model)
         optimizer_state = ckpt.objects["optimizer"]
         # sharded runs key the optimizer state by parameter name, unsharded ones (torch's format) by index
@@ -437,18 +492,19 @@ class Trainer:
         flag = torch.tensor(float(torch.isfinite(value).all()), device=self.accelerator.device)
         return bool(self.accelerator.reduce(flag, reduction="min") > 0)
 
-    def _handle_sigterm(self, signum, frame) -> None:  # preemption: finish the step, checkpoint, exit
+    def _handle_stop_signal(self, signum, frame) -> None:  # preemption or Ctrl-C: finish the step, checkpoint, stop
         self._stop_requested = True
+        self._stop_signal = signum
 
     def fit(self) -> dict[str, Any]:
-        """Train to ``max_steps`` (resuming from the newest valid checkpoint), then return a summary."""
+        """Train to ``max_steps`` (resuming from the newest valid checkpoint), then return a summary.
+
+        A run already at ``max_steps`` does nothing (``trainer.resample=true`` runs the evaluation hook again).
+        On SIGTERM or SIGINT the current step ends, a checkpoint is written and :class:`StopRequested` is raised.
+        """
         self._build()
-        lock = RunLock(self.run_dir).acquire() if self._is_local_main() else None
-        try:
+        with lock_run(self.run_dir) if self._is_local_main() else contextlib.nullcontext():
             return self._fit()
-        finally:
-            if lock is not None:
-                lock.release()
 
     def _is_local_main(self) -> bool:
         return self.accelerator.is_local_main_process
@@ -456,12 +512,13 @@ class Trainer:
     def _fit(self) -> dict[str, Any]:
         cfg = self.cfg
         resumed = self._resume()
+        if resumed and self.step >= cfg.max_steps:
+            return self._already_complete(cfg)
         metrics = (
             MetricsLogger(self.run_dir, tensorboard=cfg.tensorboard, resume_step=self.step if resumed else None)
             if self.is_main
             else None
         )
-        previous_handler = signal.signal(signal.SIGTERM, self._handle_sigterm) if self._on_main_thread() else None
         progress = tqdm(
             total=cfg.max_steps, initial=self.step, disable=not (cfg.progress and self.is_main), desc="train",
             dynamic_ncols=True,
@@ -470,74 +527,94 @@ class Trainer:
         window_start, window_samples = time.perf_counter(), 0
         last: dict[str, float] = {}
         try:
-            while self.step < cfg.max_steps and not self._stop_requested:
-                if hasattr(self.dataset, "set_epoch"):
-                    self.dataset.set_epoch(self.epoch)
-                loader = self.loader
-                if self.batch_in_epoch:
-                    loader = self.accelerator.skip_first_batches(self.loader, self.batch_in_epoch)
-                # accelerate's loaders re-set the sampler's epoch from their own iteration counter when iterated
-                # (and a skipping loader starts that counter at 0): set it through the loader, every epoch.
-                loader.set_epoch(self.epoch)
-                for batch in loader:
-                    self.batch_in_epoch += 1
-                    stepped, logged = self._train_micro_batch(batch)
-                    window_samples += cfg.batch_size
-                    for k, v in logged.items():
-                        window.setdefault(k, []).append(float(v))
-                    if not stepped:
-                        continue
-                    progress.update(1)
-                    if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                        elapsed = time.perf_counter() - window_start
-                        last = {k: sum(v) / len(v) for k, v in window.items()}
-                        last.update(
-                            lr=self.scheduler.get_last_lr()[0],
-                            samples_per_s=window_samples / max(elapsed, 1e-9),
-                            epoch=self.epoch,
-                            nonfinite_total=self.nonfinite_total,
-                        )
-                        if metrics is not None:
-                            metrics.log(self.step, last)
-                        progress.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}")
-                        window, window_start, window_samples = {}, time.perf_counter(), 0
-                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                        self.save()
-                    if self.eval_fn and cfg.eval_every and self.step % cfg.eval_every == 0:
-                        self._evaluate(metrics)
-                    if self.step >= cfg.max_steps or self._stop_requested:
-                        break
-                else:
-                    self.epoch += 1
-                    self.batch_in_epoch = 0
-            self.save()
-            if self._stop_requested:
-                log.warning("stopped by SIGTERM at step %d; checkpoint written, re-run the command to resume", self.step)
-            elif self.eval_fn:
-                self._evaluate(metrics)
+            with handle_stop_signals(self._handle_stop_signal):
+                while self.step < cfg.max_steps and not self._stop_requested:
+                    if hasattr(self.dataset, "set_epoch"):
+                        self.dataset.set_epoch(self.epoch)
+                    loader = self.loader
+                    if self.batch_in_epoch:
+                        loader = self.accelerator.skip_first_batches(self.loader, self.batch_in_epoch)
+                    # accelerate's loaders re-set the sampler's epoch from their own iteration counter when
+                    # iterated (and a skipping loader starts that counter at 0): set it through the loader, every
+                    # epoch.
+                    loader.set_epoch(self.epoch)
+                    for batch in loader:
+                        self.batch_in_epoch += 1
+                        stepped, logged = self._train_micro_batch(batch)
+                        window_samples += cfg.batch_size
+                        for k, v in logged.items():
+                            window.setdefault(k, []).append(float(v))
+                        if not stepped:
+                            continue
+                        progress.update(1)
+                        if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                            elapsed = time.perf_counter() - window_start
+                            last = {k: sum(v) / len(v) for k, v in window.items()}
+                            last.update(
+                                lr=self.scheduler.get_last_lr()[0],
+                                samples_per_s=window_samples / max(elapsed, 1e-9),
+                                epoch=self.epoch,
+                                nonfinite_total=self.nonfinite_total,
+                            )
+                            if metrics is not None:
+                                metrics.log(self.step, last)
+                            progress.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}")
+                            window, window_start, window_samples = {}, time.perf_counter(), 0
+                        if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                            self.save()
+                        if self.eval_fn and cfg.eval_every and self.step % cfg.eval_every == 0:
+                            self._evaluate(metrics)
+                        if self.step >= cfg.max_steps or self._stop_requested:
+                            break
+                    else:
+                        self.epoch += 1
+                        self.batch_in_epoch = 0
+                progress.close()  # before any message, so that none lands on the progress bar's line
+                self.save()
+                if not self._stop_requested and self.eval_fn:
+                    self._evaluate(metrics)
         finally:
             progress.close()
             if metrics is not None:
                 metrics.close()
-            if previous_handler is not None:
-                signal.signal(signal.SIGTERM, previous_handler)
         summary = {
             "step": self.step,
             "epoch": self.epoch,
             "nonfinite_total": self.nonfinite_total,
             "num_processes": self.accelerator.num_processes,
             "device": str(self.accelerator.device),
+            "status": "complete" if not self._stop_requested else f"stopped ({signal_name(self._stop_signal)})",
             **last,
         }
         if self.is_main:
             write_json(self.run_dir / "summary.json", summary)
+        if self._stop_requested:
+            raise StopRequested(self._stop_signal, step=self.step)
         return summary
 
-    @staticmethod
-    def _on_main_thread() -> bool:
-        import threading
-
-        return threading.current_thread() is threading.main_thread()
+    def _already_complete(self, cfg: TrainerConfig) -> dict[str, Any]:
+        """A finished run re-run: say so and do nothing (or only re-run the evaluation hook when asked)."""
+        previous = self.run_dir / "summary.json"
+        try:
+            summary = json.loads(previous.read_text()) if previous.is_file() else {}
+        except ValueError:
+            summary = {}
+        summary.update(step=self.step, status="complete")
+        if cfg.resample and self.eval_fn:
+            log.info("run %s is complete at step %d: sampling again (trainer.resample=true)", self.run_dir, self.step)
+            metrics = MetricsLogger(self.run_dir, tensorboard=cfg.tensorboard, resume_step=self.step) \
+                if self.is_main else None
+            try:
+                self._evaluate(metrics)
+            finally:
+                if metrics is not None:
+                    metrics.close()
+        else:
+            log.info(
+                "run %s is already complete at step %d (trainer.max_steps=%d): nothing to do. Raise trainer.max_steps "
+                "to train on, or add trainer.resample=true to sample again", self.run_dir, self.step, cfg.max_steps,
+            )
+        return summary
 
     def _train_micro_batch(self, batch) -> tuple[bool, dict[str, torch.Tensor]]:
         """One forward/backward; returns whether an optimizer step was taken, and what to log."""
@@ -593,12 +670,25 @@ class Trainer:
             self.step, self.nonfinite_in_row, self.nonfinite_total,
         )
         if self.nonfinite_in_row >= self.cfg.max_nonfinite_steps:
-            path = self.save()
+            path = self.save()  # raises instead when the weights themselves are no longer finite
             raise NonFiniteLossError(
                 f"{self.nonfinite_in_row} consecutive steps had a non-finite loss or gradient (limit "
-                f"trainer.max_nonfinite_steps={self.cfg.max_nonfinite_steps}); the last good state is saved at "
-                f"{path}. Lower the learning rate, check the data for NaN/inf, or disable mixed precision."
+                f"trainer.max_nonfinite_steps={self.cfg.max_nonfinite_steps}); the last state, with finite weights, "
+                f"is saved at {path}. {self._nonfinite_fix()}"
             )
+
+    def _nonfinite_fix(self) -> str:
+        return (f"Lower trainer.lr (now {self.cfg.lr:g}), check the data for NaN/inf, or disable mixed precision "
+                "(trainer.mixed_precision=no), then start over with trainer.restart=true or a new run directory: "
+                "resuming with the same settings fails the same way")
+
+    def _weights_finite(self) -> bool:
+        model = self.accelerator.unwrap_model(self.model)
+        # a sharded parameter is a DTensor: each process checks its own shard, the reduction combines them
+        local = all(bool(torch.isfinite(p.to_local() if isinstance(p, DTensor) else p).all()) for p in
+                    (q.detach() for q in model.parameters()))
+        flag = torch.tensor(float(local), device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="min") > 0)
 
     def _evaluate(self, metrics: MetricsLogger | None) -> None:
         self.accelerator.wait_for_everyone()

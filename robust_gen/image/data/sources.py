@@ -53,6 +53,7 @@ __all__ = [
     "read_caption_table",
     "report_skipped",
     "resize_square",
+    "validate_image_config",
 ]
 
 log = logging.getLogger(__name__)
@@ -160,18 +161,27 @@ def _check_channels(channels: int) -> None:
 class _BadInput:
     """The ``on_bad`` policy at work: raise the error, or list the fault and go on."""
 
-    def __init__(self, on_bad: str) -> None:
+    def __init__(self, on_bad: str, min_size: int = 8) -> None:
         if on_bad not in BAD_INPUT_POLICIES:
             raise ValueError(f"data.on_bad must be one of {BAD_INPUT_POLICIES}, got {on_bad!r}")
-        self.on_bad = on_bad
+        self.on_bad, self.min_size = on_bad, int(min_size)
         self.skipped: list[dict] = []
+        self.tiny: list[str] = []  # images smaller than min_size: kept, but blown up to flat squares
 
     def reject(self, error: Exception, reason: str, **where: Any) -> None:
         if self.on_bad == "error":
             raise error
         self.skipped.append({**where, "reason": reason})
 
+    def check_size(self, image: Image.Image, path: Path) -> None:
+        if min(image.size) < self.min_size:
+            self.tiny.append(f"{path} ({image.size[0]}x{image.size[1]})")
+
     def check_some_left(self, kept: int, name: str) -> None:
+        if self.tiny:
+            log.warning("%d image(s) of %s are smaller than data.min_size=%d px on a side and are blown up to the "
+                        "training size, e.g. %s; check the data (or lower data.min_size)", len(self.tiny), name,
+                        self.min_size, self.tiny[0])
         if not kept and self.skipped:
             first = self.skipped[0]
             raise ValueError(
@@ -190,19 +200,39 @@ def _read_image(path: Path) -> tuple[Image.Image | None, str]:
         with Image.open(path) as image:
             image.load()
             image = image.copy()
+    except Image.DecompressionBombError as e:  # not an OSError: it escaped both on_bad policies unnamed
+        return None, (f"too many pixels, refused as a possible decompression bomb ({e}); raise PIL.Image."
+                      "MAX_IMAGE_PIXELS if the image is genuine")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         # UnidentifiedImageError: not an image (e.g. text renamed .png); OSError: truncated or corrupt data
         return None, f"unreadable image ({type(e).__name__}: {e})"
     if image.mode in ("F", "I") and not np.isfinite(np.asarray(image, dtype=np.float64)).all():
         # Float TIFFs can hold NaN/inf; converting them to 8 bits gives arbitrary pixels, not an error.
         return None, "non-finite pixel values (NaN or inf)"
-    return image, ""
+    return _to_8bit(image), ""
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit grayscale (PNG ``I;16`` / ``I``) scaled to 8 bits: PIL's own conversion clips everything above 255.
+
+    Examples
+    --------
+    >>> deep = Image.fromarray(np.array([[0, 32896, 65535]], np.uint16))
+    >>> np.asarray(_to_8bit(deep)).tolist()
+    [[0, 128, 255]]
+    """
+    if not image.mode.startswith("I") or (image.mode == "I" and np.asarray(image).max(initial=0) <= 255):
+        return image  # 8-bit data stored in a wide mode needs no scaling
+    values = np.asarray(image).astype(np.float64)
+    top = 65535.0 if values.max(initial=0) <= 65535 else float(values.max())
+    return Image.fromarray(np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8), "L")
 
 
 def _open_image(path: Path, where: str, bad: _BadInput, **entry: Any) -> Image.Image | None:
     """The decoded image, or None when it is bad and ``bad`` skips (the error names ``where`` and the file)."""
     image, reason = _read_image(path)
     if image is not None:
+        bad.check_size(image, path)
         return image
     if reason == "image file does not exist":
         error: Exception = FileNotFoundError(f"{where}: image file {path} does not exist; fix the path{_SKIP_HINT}")
@@ -274,12 +304,14 @@ def load_folder_source(
     caption_template: str = "a photo of a {name}",
     limit: int | None = None,
     on_bad: str = "error",
+    min_size: int = 8,
 ) -> ImageSource:
     """An image folder with one sub-folder per class (``root/<class name>/*.png``); classes sorted by name.
 
     Captions come from ``caption_template`` with the class name (underscores read as spaces). Bad image files
     raise (``on_bad="error"``) or are skipped and listed (``on_bad="skip"``); a class folder without any image
-    file raises either way. ``limit`` counts the images kept.
+    file raises either way. ``limit`` counts the images kept. Images under ``min_size`` pixels on a side are
+    kept with a warning.
 
     Examples
     --------
@@ -293,7 +325,7 @@ def load_folder_source(
     (['cat', 'dog'], 'a photo of a dog', (2, 8, 8, 3))
     """
     _check_channels(channels)
-    bad = _BadInput(on_bad)
+    bad = _BadInput(on_bad, min_size)
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist (set data.root to a folder of class folders)")
@@ -417,6 +449,7 @@ def load_table_source(
     interpolation: str = "bicubic",
     limit: int | None = None,
     on_bad: str = "error",
+    min_size: int = 8,
 ) -> ImageSource:
     """An image + caption table (CSV/TSV with a header, or JSON lines: :func:`read_caption_table`), CC3M-style.
 
@@ -436,7 +469,7 @@ def load_table_source(
     ('a blue square', -1, ['a blue square'])
     """
     _check_channels(channels)
-    bad = _BadInput(on_bad)
+    bad = _BadInput(on_bad, min_size)
     path = Path(table)
     rows = read_caption_table(path)
     if not rows:
@@ -498,6 +531,7 @@ def load_hf_source(
     interpolation: str = "bicubic",
     limit: int | None = None,
     on_bad: str = "error",
+    min_size: int = 8,
 ) -> ImageSource:
     """A Hugging Face ``datasets`` image dataset (ImageNet-1K: ``imagenet-1k``; CC3M-style caption sets).
 
@@ -508,7 +542,7 @@ def load_hf_source(
     Rows whose image cannot be decoded, holds no image or non-finite pixels, or whose caption is empty raise
     (``on_bad="error"``) or are skipped and listed (``on_bad="skip"``).
     """
-    bad = _BadInput(on_bad)
+    bad = _BadInput(on_bad, min_size)
     try:
         datasets = importlib.import_module("datasets")
     except ImportError as e:
@@ -603,3 +637,28 @@ def report_skipped(source: ImageSource, run_dir: str | os.PathLike | None = None
         log.warning("skipped %d bad image(s) of %s (data.on_bad=skip); see %s", len(source.skipped), source.name,
                     path if path is not None else "ImageSource.skipped")
     return path
+
+
+def validate_image_config(cfg: Any) -> None:
+    """The image recipe's own checks of its config, before any work: the ``data`` group's names and ranges.
+
+    Examples
+    --------
+    >>> validate_image_config({"data": {"source": "folder", "resolution": 0}})
+    Traceback (most recent call last):
+    ...
+    ValueError: data.resolution must be an integer >= 1, got 0
+    """
+    from robust_gen.training.settings import Rule, check_choice, check_config
+
+    data = cfg["data"]
+    check_choice("data.source", data.get("source"), ("digits", "folder", "table", "hf"))
+    if "on_bad" in data:
+        check_choice("data.on_bad", data["on_bad"], BAD_INPUT_POLICIES)
+    check_config(cfg, {
+        "data.resolution": Rule("int", 1), "data.crop_margin": Rule("int", 0), "data.limit": Rule("int", 1, nullable=True),
+        "data.min_size": Rule("int", 1), "data.channels": Rule("int", 1, 3), "data.flip": Rule("bool"),
+        "latents.encode_batch_size": Rule("int", 1), "samples.num_per_class": Rule("int", 1),
+        "samples.num": Rule("int", 1), "samples.batch_size": Rule("int", 1), "samples.guidance_scale": Rule("float"),
+    })
+

@@ -113,16 +113,19 @@ def load_samples(path: str | Path) -> SampleSet:
 
 
 def _read_captions(path: Path) -> list[str]:
-    # Captions may be an object array (needs pickle); load it separately so images and labels never unpickle.
+    # Captions are a string array. Files of older versions held an object array, which only pickle can read, and
+    # a sample folder may come from anyone: such a file is refused, never unpickled.
     with np.load(path, allow_pickle=False) as data:
         if "captions" not in data.files:
             return []
         try:
             return [str(c) for c in data["captions"].tolist()]
-        except ValueError:
-            pass
-    with np.load(path, allow_pickle=True) as data:
-        return [str(c) for c in data["captions"].tolist()]
+        except ValueError as e:
+            raise ValueError(
+                f"{path}: 'captions' is an object array, which only pickle can read, and files from a sample folder "
+                "are never unpickled; write the samples again with recipes/image/sample.py (it stores captions as "
+                "a string array)"
+            ) from e
 
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:

@@ -55,6 +55,7 @@ __all__ = [
     "load_records",
     "prepare_utterances",
     "speaker_map",
+    "validate_tts_config",
     "write_skipped",
 ]
 
@@ -468,6 +469,8 @@ def build_training_set(
     try:
         records, skipped = load_records(source, on_missing=checks.on_bad, **options)
     except FileNotFoundError as error:
+        if "audio file" not in str(error):  # a missing corpus folder or metadata file: no policy skips that
+            raise
         raise FileNotFoundError(f"{error}. With data.on_bad=skip missing audio files are left out") from error
 
     target, contaminant = data.get("target_speaker"), data.get("contaminant_speaker")
@@ -511,3 +514,29 @@ def build_training_set(
         log.warning("skipped %d bad utterance(s); see %s", len(skipped), run_dir / SKIPPED_FILE)
     log.info("training on %d utterances of %d speaker(s)", len(dataset), len(speakers))
     return TrainingSet(dataset=dataset, speakers=speakers, skipped=skipped, num_records=len(records))
+
+
+def validate_tts_config(cfg: Any) -> None:
+    """The speech recipe's own checks of its config, before any work (corpus, mel cache): names and ranges.
+
+    Examples
+    --------
+    >>> validate_tts_config({"data": {"source": "espeak", "on_bad": "skipp"}})
+    Traceback (most recent call last):
+    ...
+    ValueError: data.on_bad must be one of ['error', 'skip'], got 'skipp'
+    """
+    from robust_gen.training.settings import Rule, check_choice, check_config
+
+    data = cfg["data"]
+    check_choice("data.source", data.get("source"), tuple(SOURCE_OPTIONS))
+    check_choice("data.on_bad", data.get("on_bad", "error"), BAD_INPUT_POLICIES)
+    check_config(cfg, {
+        "data.min_seconds": Rule("float", 0), "data.silence_db": Rule("float"),
+        "data.utterances_per_voice": Rule("int", 1), "segment_seconds": Rule("float", 0, open_low=True, nullable=True),
+        "samples.n_timesteps": Rule("int", 1), "samples.temperature": Rule("float", 0, open_low=True),
+        "samples.length_scale": Rule("float", 0, open_low=True), "mel.sample_rate": Rule("int", 1),
+        "mel.n_mels": Rule("int", 1), "mel.hop_length": Rule("int", 1),
+    })
+    if "samples" in cfg:
+        check_choice("samples.sampler", cfg["samples"].get("sampler"), ("euler_ode", "euler_sde"))

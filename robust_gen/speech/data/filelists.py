@@ -88,7 +88,10 @@ def read_filelist(
         fields = line.split("|")
         if len(fields) == 2 and default_speaker is not None:
             fields.append(default_speaker)
-        if len(fields) != 3 or not all(field.strip() for field in fields):
+        # An empty transcript is a bad utterance, not a malformed line: under "skip" it reaches the data checks,
+        # which leave it out and count it (skipped_utterances.json) like any other bad utterance.
+        required = (fields[0], fields[2]) if on_missing == "skip" and len(fields) == 3 else fields
+        if len(fields) != 3 or not all(field.strip() for field in required):
             expected = "path|text|speaker" + (" or path|text" if default_speaker is not None else "")
             raise ValueError(
                 f"{filelist}, line {number}: expected {expected} with non-empty fields, got {line!r}"
