@@ -134,12 +134,29 @@ if numba is not None:
                 x -= 1
         return True
 
-    @numba.njit(cache=True, parallel=True)
-    def _mas_batch_numba(log_p, text_lengths, mel_lengths, columns, moved, path, limit, finite):  # pragma: no cover
+    def _mas_batch(log_p, text_lengths, mel_lengths, columns, moved, path, limit, finite):  # pragma: no cover
         for b in numba.prange(log_p.shape[0]):
             finite[b] = _mas_one_sample_numba(
                 log_p[b], text_lengths[b], mel_lengths[b], columns[b], moved[b], path[b], limit
             )
+
+    # One source, two compilations: the parallel one spreads the batch over numba's threads; on one thread the
+    # serial one saves the thread pool's launch (about 10 % of a call at Grad-TTS's sizes).
+    _mas_batch_numba = numba.njit(cache=True, parallel=True)(_mas_batch)
+    _mas_batch_serial = numba.njit(cache=True)(_mas_batch)
+
+    @numba.njit(cache=True, nogil=True)
+    def _prefix_lengths_numba(mask, lengths):  # pragma: no cover - compiled
+        # Lengths of [B, T] bool prefix masks in one pass; False when some row is not ones-then-zeros.
+        for b in range(mask.shape[0]):
+            length = 0
+            while length < mask.shape[1] and mask[b, length]:
+                length += 1
+            for t in range(length, mask.shape[1]):
+                if mask[b, t]:
+                    return False
+            lengths[b] = length
+        return True
 
 
 _NUMBA_DTYPES = (torch.float32, torch.float64)  # dtypes the kernel reads in place (no converted copy)
@@ -165,7 +182,8 @@ def _mas_numba(
     finite = np.empty(batch, dtype=np.bool_)
     limit = float(torch.finfo(accumulate).max)
     threads = torch.get_num_threads()
-    _mas_batch_numba(scores.numpy(), text_lengths.numpy(), mel_lengths.numpy(), columns, moved, path.numpy(), limit,
+    kernel = _mas_batch_serial if numba.get_num_threads() == 1 else _mas_batch_numba
+    kernel(scores.numpy(), text_lengths.numpy(), mel_lengths.numpy(), columns, moved, path.numpy(), limit,
                      finite)
     # numba's OpenMP layer resets the process-wide OpenMP thread count when it first starts (e.g. 1 -> cores),
     # which would silently change torch's thread count, hence its summation order, from the first call on.
@@ -238,6 +256,12 @@ def _as_lengths(mask: torch.Tensor, name: str, batch: int, length: int) -> torch
         mask = mask[:, 0]
     if tuple(mask.shape) != (batch, length):
         raise ValueError(f"{name} must have shape [{batch}, {length}] (or [B, 1, T]), got {list(mask.shape)}")
+    if numba is not None and mask.dtype == torch.bool and mask.device.type == "cpu":
+        # The common case (bool masks on the CPU) in one compiled pass: the torch checks below cost ~10 small
+        # tensor ops, which at Grad-TTS's sizes is as long as the search. A bad mask falls through to them.
+        lengths = np.empty(batch, dtype=np.int64)
+        if _prefix_lengths_numba(mask.numpy(), lengths):
+            return torch.from_numpy(lengths)
     if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
         raise ValueError(f"{name} must hold only 0 and 1")
     mask = mask.bool()
@@ -305,7 +329,8 @@ def monotonic_alignment_search(
     batch, t_text, t_mel = log_p.shape
     text_lengths = _as_lengths(x_mask, "x_mask", batch, t_text)
     mel_lengths = _as_lengths(y_mask, "y_mask", batch, t_mel)
-    bad = ((text_lengths < 1) | (mel_lengths < text_lengths)).nonzero()[:, 0].tolist()
+    text_np, mel_np = text_lengths.numpy(), mel_lengths.numpy()  # numpy: a few µs, not a few torch ops
+    bad = np.flatnonzero((text_np < 1) | (mel_np < text_np)).tolist()
     if bad:
         details = ", ".join(f"sample {b}: T_text={text_lengths[b]}, T_mel={mel_lengths[b]}" for b in bad)
         raise ValueError(
