@@ -43,7 +43,8 @@ from robust_gen.training.recipe import load_run_config, write_resolved_config
 from robust_gen.training.run_dir import write_json
 from robust_gen.training.trainer import run_on_cpu
 
-__all__ = ["META_NAME", "ImageTraining", "autoencoder_images", "build_source", "build_task", "encode_latents",
+__all__ = ["META_NAME", "ImageTraining", "autoencoder_images", "build_first_stage", "build_source", "build_task",
+           "encode_latents",
            "fill_from_data", "load_run", "prepare_training"]
 
 log = logging.getLogger(__name__)
@@ -195,6 +196,16 @@ def autoencoder_images(source: ImageSource, limit: int) -> np.ndarray:
     return source.images[np.linspace(0, count - 1, num=min(int(limit), count)).round().astype(np.int64)]
 
 
+def build_first_stage(cfg: DictConfig, source: ImageSource, run_dir: Path, device: Any) -> ImageAutoencoder:
+    """The run's autoencoder (trained on :func:`autoencoder_images` in ``trained`` mode, reused when saved)."""
+    ae_cfg = _plain(cfg.autoencoder)
+    images = source.images
+    if ae_cfg.get("mode") == "trained":
+        images = autoencoder_images(source, int(cfg.data.get("autoencoder_images", 4096)))
+    return build_autoencoder(ae_cfg, run_dir=run_dir, images=images, seed=int(cfg.trainer.seed), device=device,
+                             progress=bool(cfg.trainer.progress))
+
+
 def encode_latents(cfg: DictConfig, source: ImageSource, autoencoder: ImageAutoencoder, augmentation: Augmentation,
                    run_dir: Path) -> Any:
     """The latent table of ``source``: one in-memory cache file (``latents.format=table``), or the sharded cache
@@ -233,11 +244,7 @@ def prepare_training(cfg: DictConfig, run_dir: str | Path) -> ImageTraining:
     config_yaml = write_resolved_config(cfg, run_dir) if state.is_main_process else OmegaConf.to_yaml(cfg, resolve=True)
     ae_cfg = _plain(cfg.autoencoder)
     with state.main_process_first():
-        ae_images = source.images
-        if ae_cfg.get("mode") == "trained":
-            ae_images = autoencoder_images(source, int(cfg.data.get("autoencoder_images", 4096)))
-        autoencoder = build_autoencoder(ae_cfg, run_dir=run_dir, images=ae_images, seed=seed,
-                                        device=state.device, progress=bool(cfg.trainer.progress))
+        autoencoder = build_first_stage(cfg, source, run_dir, state.device)
         augmentation = Augmentation(int(cfg.data.resolution), int(cfg.data.crop_margin), autoencoder.factor,
                                     bool(cfg.data.flip), seed)
         table = encode_latents(cfg, source, autoencoder, augmentation, run_dir)
