@@ -62,12 +62,14 @@ def make_folder(root: Path, count: int) -> float:
 def fabricate(root: Path, index_dir: Path, cache_dir: Path, count: int, shard_size: int) -> None:
     """A full-size index and latent cache for ``count`` images without the image files (see the docstring)."""
     from robust_gen.corruption.records import RecordTable
-    from robust_gen.image.data.file_index import INDEX_FILE, ImageFiles
+    from robust_gen.image.data.file_index import INDEX_FILE, ImageFiles, files_digest
     from robust_gen.image.data.latents import cache_key, finish_shards, shard_folder
     from robust_gen.image.model.autoencoder import ImageAutoencoder
     from robust_gen.training.run_dir import write_json
 
-    if (index_dir / INDEX_FILE).is_file() and json.loads((index_dir / INDEX_FILE).read_text())["count"] == count:
+    meta_path = index_dir / INDEX_FILE
+    if meta_path.is_file() and json.loads(meta_path.read_text()).get("files_sha256") and \
+            json.loads(meta_path.read_text())["count"] == count:
         return
     root.mkdir(parents=True, exist_ok=True)
     index_dir.mkdir(parents=True, exist_ok=True)
@@ -84,7 +86,8 @@ def fabricate(root: Path, index_dir: Path, cache_dir: Path, count: int, shard_si
     ).save(index_dir / "records")
     write_json(index_dir / "skipped_images.json", {"count": 0, "images": []})
     write_json(index_dir / INDEX_FILE, {"format": 1, "root": str(root.resolve()), "class_names": class_names,
-                                        "caption_template": "a photo of a {name}", "limit": None, "count": count})
+                                        "caption_template": "a photo of a {name}", "limit": None, "count": count,
+                                        "files_sha256": files_digest(index_dir)})
     autoencoder = ImageAutoencoder(None, "none", 3)
     files = ImageFiles(root, index_dir, RESOLUTION, 3, "bicubic")
     key = cache_key(autoencoder, files, flips=False)

@@ -49,7 +49,7 @@ def test_a_2x2_grid_through_submitit_local_two_jobs_at_a_time_then_the_report(tm
         "corruption.ratio=0,0.1", "loss=l2,pseudo_huber", "trainer.max_steps=2", *TINY, *_finish_args(tmp_path),
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280)
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     records = collect_runs([sweep])
     assert len(records) == 4

@@ -43,7 +43,7 @@ from robust_gen.image.data.sources import (
 )
 from robust_gen.training.run_dir import write_json
 
-__all__ = ["INDEX_FILE", "ImageFiles", "index_folder", "open_folder_index"]
+__all__ = ["INDEX_FILE", "ImageFiles", "files_digest", "index_folder", "open_folder_index"]
 
 INDEX_FILE = "index.json"
 _FORMAT = 1
@@ -116,14 +116,23 @@ class ImageFiles:
         )
 
     def fingerprint(self) -> str:
-        """SHA-256 of the file list, sizes, modification times and decode settings (not the pixels)."""
-        h = hashlib.sha256(json.dumps({"canvas": self.canvas, "channels": self.channels,
-                                       "interpolation": self.interpolation, "n": len(self)}).encode())
-        for name in ("files.npy", "sizes.npy", "mtimes.npy"):
-            array = np.load(self.index_dir / name, mmap_mode="r", allow_pickle=False)
-            for start in range(0, len(array), 1 << 20):  # bounded memory: a million entries at a time
-                h.update(np.ascontiguousarray(array[start : start + (1 << 20)]).tobytes())
-        return h.hexdigest()
+        """SHA-256 of the file list, sizes, modification times (:func:`files_digest`, stored in the index when it
+        was built, so a training process does not page the list in) and the decode settings (not the pixels)."""
+        meta_path = self.index_dir / INDEX_FILE
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        digest = meta.get("files_sha256") or files_digest(self.index_dir)
+        return hashlib.sha256(json.dumps({"canvas": self.canvas, "channels": self.channels, "files": digest,
+                                          "interpolation": self.interpolation, "n": len(self)}).encode()).hexdigest()
+
+
+def files_digest(index_dir: str | Path) -> str:
+    """SHA-256 of an index's ``files.npy``, ``sizes.npy`` and ``mtimes.npy``, read a million entries at a time."""
+    h = hashlib.sha256()
+    for name in ("files.npy", "sizes.npy", "mtimes.npy"):
+        array = np.load(Path(index_dir) / name, mmap_mode="r", allow_pickle=False)
+        for start in range(0, len(array), 1 << 20):
+            h.update(np.ascontiguousarray(array[start : start + (1 << 20)]).tobytes())
+    return h.hexdigest()
 
 
 def _class_files(root: Path) -> Iterator[tuple[int, str, list[str]]]:
@@ -195,7 +204,8 @@ def index_folder(
     records.save(index_dir / "records")
     write_json(index_dir / "skipped_images.json", {"count": len(bad.skipped), "images": bad.skipped})
     write_json(index_dir / INDEX_FILE, {"format": _FORMAT, "root": str(root.resolve()), "class_names": names,
-                                        "caption_template": caption_template, "limit": limit, "count": len(paths)})
+                                        "caption_template": caption_template, "limit": limit, "count": len(paths),
+                                        "files_sha256": files_digest(index_dir)})
     return index_dir
 
 

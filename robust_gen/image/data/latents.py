@@ -194,24 +194,37 @@ META_FILE = "meta.json"
 
 
 class ShardedLatents:
-    """``[N, V, C, h, w]`` float32 latents in ``.npy`` shards, read memory-mapped by index.
+    """``[N, V, C, h, w]`` float32 latents in ``.npy`` shards, read by index.
 
-    ``array[i, ...]`` (an int first index, then any numpy index) returns a torch tensor copied out of the one shard
-    that holds image ``i``; only the pages read become resident.
+    ``array[i, ...]`` (an int first index, then any numpy index) reads image ``i``'s latents with one positioned
+    read (``os.pread``) from the shard that holds it and returns a torch tensor of the indexed part. Reads go
+    through the page cache but are never mapped into the process: its resident memory stays flat however many
+    images an epoch visits (a memory map would keep every page it touched, plus read-ahead, resident).
     """
 
     def __init__(self, folder: Path, name: str, shape: tuple[int, ...], shard_size: int) -> None:
         self.folder, self.name, self.shape, self.shard_size = Path(folder), name, tuple(shape), int(shard_size)
-        self._shards: dict[int, np.ndarray] = {}
+        self._offsets: dict[int, int] = {}
+        self._item = int(np.prod(self.shape[1:]))
 
     def __len__(self) -> int:
         return self.shape[0]
 
-    def _shard(self, number: int) -> np.ndarray:
-        if number not in self._shards:
-            path = self.folder / f"shard-{number:05d}.{self.name}.npy"
-            self._shards[number] = np.load(path, mmap_mode="r", allow_pickle=False)
-        return self._shards[number]
+    def _path(self, number: int) -> Path:
+        return self.folder / f"shard-{number:05d}.{self.name}.npy"
+
+    def _data_offset(self, number: int) -> int:
+        """Where shard ``number``'s array data starts (after its .npy header), checked once per shard."""
+        if number not in self._offsets:
+            with open(self._path(number), "rb") as f:
+                major, _ = np.lib.format.read_magic(f)
+                read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = read_header(f)
+                if dtype != np.float32 or fortran or tuple(shape[1:]) != self.shape[1:]:
+                    raise ValueError(f"latent shard {self._path(number)} holds {dtype} {shape}, expected float32 "
+                                     f"[n, {', '.join(map(str, self.shape[1:]))}]; encode the cache again")
+                self._offsets[number] = f.tell()
+        return self._offsets[number]
 
     def __getitem__(self, key: Any) -> torch.Tensor:
         rest: tuple = ()
@@ -222,11 +235,15 @@ class ShardedLatents:
         index = int(key)
         if not 0 <= index < self.shape[0]:
             raise IndexError(f"latent {index} is outside a cache of {self.shape[0]}")
-        shard = self._shard(index // self.shard_size)
-        return torch.from_numpy(np.array(shard[(index % self.shard_size, *rest)]))
-
-    def __getstate__(self) -> dict:  # DataLoader workers re-open the maps instead of pickling them
-        return {**self.__dict__, "_shards": {}}
+        number, row = divmod(index, self.shard_size)
+        offset = self._data_offset(number) + row * self._item * 4
+        fd = os.open(self._path(number), os.O_RDONLY)
+        try:
+            data = os.pread(fd, self._item * 4, offset)
+        finally:
+            os.close(fd)
+        values = np.frombuffer(data, dtype=np.float32).reshape(self.shape[1:])
+        return torch.from_numpy(np.array(values[rest] if rest else values))
 
 
 def shard_folder(cache_dir: str | Path, key: str) -> Path:
