@@ -106,3 +106,14 @@ def test_encode_step_then_training_on_the_lazy_folder_with_label_flips(tmp_path)
     assert manifest["num_samples"] == 15 and len(manifest["changes"]) == 3
     # training opened the cache the encode step wrote: no second cache folder
     assert [p.name for p in (tmp_path / "latents").iterdir()] == [cache.name]
+
+
+def test_the_paper_overlay_runs_on_the_streaming_path_at_tiny_scale(tmp_path):
+    root = _folder(tmp_path / "data", classes=2, per_class=4)
+    tiny = [*SMALL, "model=unet_tiny", "trainer.mixed_precision=no", "trainer.num_workers=0", "cpu_threads=1",
+            f"data.root={root}", f"data.index_dir={tmp_path / 'index'}",
+            f"latents.cache_dir={tmp_path / 'latents'}", "samples.batch_size=4"]
+    cfg = compose_config("image", "train", ["+experiment=slight_label_paper", *tiny])
+    assert cfg.data.lazy and cfg.latents.format == "sharded"
+    summary = _recipe("train").train(cfg, tmp_path / "run")
+    assert summary["step"] == 2
