@@ -46,6 +46,7 @@ __all__ = [
     "Runner",
     "finish_run",
     "image_study",
+    "launcher_overrides",
     "merge_overrides",
     "path_override",
     "preemption_signals",
@@ -355,6 +356,21 @@ def requeue_if_stopped(state: dict, summary: dict, max_steps: int) -> bool:
     return True
 
 
+def launcher_overrides(launcher: str, sample_args: list[str], eval_args: list[str]) -> list[str]:
+    """The training overrides that send a sweep through a Hydra launcher with sampling and evaluation in each job.
+
+    Examples
+    --------
+    >>> launcher_overrides("submitit_slurm", ["num_images=10"], [])
+    ['hydra/launcher=submitit_slurm', 'finish.sample=true', 'finish.evaluate=true', "finish.sample_args=['num_images=10']", 'finish.evaluate_args=[]']
+    """
+    def listed(items: list[str]) -> str:
+        return "[" + ",".join(f"'{item}'" for item in items) + "]"
+
+    return [f"hydra/launcher={launcher}", "finish.sample=true", "finish.evaluate=true",
+            f"finish.sample_args={listed(sample_args)}", f"finish.evaluate_args={listed(eval_args)}"]
+
+
 def speech_study(run: Runner, runs: list[Path], force: bool) -> None:
     from robust_gen.speech.data.corpus import DEFAULT_VOICES, default_corpus_root
 
@@ -392,8 +408,13 @@ def run_study(
     sample_args: Sequence[str] = (),
     eval_args: Sequence[str] = (),
     out: str | Path | None = None,
+    launcher: str | None = None,
 ) -> int:
-    """Run ``study`` end to end (see the module docstring); returns a process exit code."""
+    """Run ``study`` end to end (see the module docstring); returns a process exit code.
+
+    ``launcher`` (image studies): the Hydra launcher of the sweep (``submitit_slurm``, ``submitit_local``,
+    ``joblib``); every job then samples and evaluates its own run (:func:`launcher_overrides`).
+    """
     spec = STUDIES[study]
     recipe, overlays = spec.recipe, list(spec.overlays)
     if scale == "paper":
@@ -407,6 +428,11 @@ def run_study(
         extra = list(train_overrides)
         if recipe == "image" and scale == "cpu" and shared_first_stage:
             extra += shared_autoencoder(run, sweep_dir.parent)
+        if launcher is not None:
+            if recipe != "image":
+                raise SystemExit("run_experiment: --launcher runs sampling and evaluation inside image jobs; speech "
+                                 "studies run speaker similarity afterwards: run them without --launcher")
+            extra += launcher_overrides(launcher, list(sample_args), list(eval_args))
         if not skip_train:
             for overlay in overlays:
                 run([sys.executable, f"recipes/{recipe}/train.py", "-m", f"+experiment={overlay}",
