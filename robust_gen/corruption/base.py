@@ -211,6 +211,7 @@ class NoCorruption(Corruption):
 
     def apply(self, records: Sequence[Mapping[str, Any]], *, epoch: int = 0) -> tuple[list[dict], Manifest]:
         check_epoch(epoch)
-        new_records = copy_records(records)
+        # a RecordTable is immutable: returned as it is, not turned into a million dicts
+        new_records = records if is_record_table(records) else copy_records(records)
         manifest = Manifest(kind=self.kind, ratio=0.0, seed=self.seed, num_samples=len(new_records))
         return new_records, manifest
