@@ -5,7 +5,10 @@
         autoencoder=pretrained autoencoder.path=stabilityai/sd-vae-ft-ema
     python recipes/image/train.py <the same overrides>          # opens the finished cache, trains
 
-Each process encodes every N-th shard; a killed step resumes where it stopped (run the same command again).
+On a host without GPUs start the processes with torchrun (`torchrun --nproc_per_node 4 recipes/image/encode.py ...`;
+checked here with 2 CPU processes): `accelerate launch --cpu --num_processes N` without an accelerate config ran a
+single process on this machine. Each process encodes every N-th shard; a killed step resumes where it stopped (run
+the same command again).
 Takes the training config (configs/image/train.yaml), so the overrides are the same as training's.
 """
 
