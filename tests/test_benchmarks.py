@@ -132,3 +132,20 @@ def test_memory_benchmark_measures_both_settings():
     rows = _load("bench_memory").main(["--configs", "unet_tiny", "--batch-size", "2", "--device", "cpu", "--threads", "1"])
     assert [row["checkpointing"] for row in rows] == [False, True]
     assert all(row["batch"] == 2 and row["forward_peak"] > 0 and row["step_peak"] >= row["forward_peak"] for row in rows)
+
+
+def test_bench_data_scale_fabricates_what_the_encode_step_would_leave(tmp_path):
+    """The 1M row's index and shards are written without image files: training must open them as a finished
+    cache (same cache key), never re-encode."""
+    from robust_gen.image.data.latents import load_or_encode_shards
+    from robust_gen.image.data.sources import load_folder_source
+    from robust_gen.image.model.autoencoder import ImageAutoencoder
+
+    bench = _load("bench_data_scale")
+    root, index, cache = tmp_path / "images", tmp_path / "index", tmp_path / "latents"
+    bench.fabricate(root, index, cache, 250, shard_size=100)
+    source = load_folder_source(root, resolution=bench.RESOLUTION, lazy=True, index_dir=index)
+    assert len(source.records) == 250 and source.num_classes == bench.CLASSES
+    table = load_or_encode_shards(ImageAutoencoder(None, "none", 3), source.images, cache, shard_size=100)
+    assert table.mean.shape == (250, 1, 3, bench.RESOLUTION, bench.RESOLUTION)
+    assert tuple(table.mean[249, 0].shape) == (3, bench.RESOLUTION, bench.RESOLUTION)

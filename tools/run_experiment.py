@@ -20,6 +20,11 @@ the Hydra multirun(s); per run recipes/image/sample.py and evaluate.py with the 
 ``study.evaluate`` overrides (resilience against the ratio-0 run of the same loss and seed where
 ``study.clean_reference``), or tools/speaker_sim.py for speech; tools/report.py's tables and plots into
 reports/<study>[_paper]/. Arguments after ``--`` are added to every training command.
+
+With ``--launcher submitit_slurm`` (or submitit_local, joblib; image studies) the sweep's jobs go through that
+Hydra launcher and each one samples and evaluates its own run (``finish.*``); set the launcher's own settings
+after ``--`` (``hydra.launcher.partition=... hydra.launcher.timeout_min=...``). Resilience against the clean
+run is then computed by a later ``--skip-train --force`` pass.
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         "--eval-args", nargs="*", default=[], help="extra recipes/image/evaluate.py overrides"
     )
     parser.add_argument("--out", help="report folder (default reports/<study>[_paper])")
+    parser.add_argument("--launcher", help="Hydra launcher of the sweep (submitit_slurm, submitit_local, joblib): "
+                        "each job then samples and evaluates its own run")
     argv = list(sys.argv[1:] if argv is None else argv)
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])
@@ -63,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         args.study, scale=args.scale, train_overrides=args.train_overrides, report_only=args.report_only,
         skip_train=args.skip_train, force=args.force, dry_run=args.dry_run,
         shared_first_stage=not args.no_shared_autoencoder, sample_args=args.sample_args, eval_args=args.eval_args,
-        out=args.out,
+        out=args.out, launcher=args.launcher,
     )
 
 

@@ -9,6 +9,11 @@ The run directory (runs/image/<overrides>) receives config.yaml, .hydra/, image_
 the trained autoencoder, checkpoints, metrics.jsonl, TensorBoard logs and samples/step_*/grid.png. The autoencoder
 and its latents come from the shared cache when another run trained the same one (autoencoder.cache).
 Re-running the same command resumes from the last checkpoint (the autoencoder and latents are reused).
+
+A sweep on a launcher, each job training, sampling and evaluating its own run (report afterwards from the runs):
+    python recipes/image/train.py -m hydra/launcher=submitit_local corruption=label_flip corruption.ratio=0,0.1 \
+        trainer.max_steps=10 finish.sample=true finish.evaluate=true
+A job pre-empted (SIGUSR1 or SIGTERM) checkpoints its step and, under submitit, is requeued and resumes.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from pathlib import Path
 from accelerate import PartialState
 from omegaconf import DictConfig
 
+from robust_gen.experiments.driver import finish_run, preemption_signals, requeue_if_preempted
 from robust_gen.image.build import prepare_training
 from robust_gen.image.data.sources import validate_image_config
 from robust_gen.training.entry import recipe_main
+from robust_gen.training.interrupt import StopRequested
 from robust_gen.training.recipe import register_resolvers, trainer_config
 from robust_gen.training.run_dir import lock_run
 from robust_gen.training.trainer import Trainer, run_on_cpu
@@ -46,9 +53,20 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             setup.task, setup.dataset, trainer_config(cfg.trainer), run_dir,
             config_yaml=setup.config_yaml, eval_fn=setup.eval_fn,
         )
-        summary = trainer.fit()
+        with preemption_signals() as preempted:
+            try:
+                summary = trainer.fit()
+            except StopRequested:
+                requeue_if_preempted(preempted)  # under submitit after SIGUSR1: requeued, and the process exits
+                raise
     log.info("%s at step %s: loss %s; run directory %s", summary.get("status", "complete"), summary.get("step"),
              summary.get("loss"), run_dir)
+    finish = cfg.get("finish") or {}
+    if (finish.get("sample") or finish.get("evaluate")) and PartialState().is_main_process:
+        summary["finish"] = finish_run(run_dir, sample=bool(finish.get("sample")),
+                                       evaluate=bool(finish.get("evaluate")),
+                                       sample_args=list(finish.get("sample_args") or []),
+                                       evaluate_args=list(finish.get("evaluate_args") or []))
     return summary
 
 

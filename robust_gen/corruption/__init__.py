@@ -18,6 +18,7 @@ from robust_gen.corruption.captions import CaptionSwap, swap_captions, swap_pair
 from robust_gen.corruption.labels import LabelFlip, flip_labels
 from robust_gen.corruption.manifest import Manifest
 from robust_gen.corruption.outliers import OutlierInjection, inject_outliers, least_similar_order
+from robust_gen.corruption.records import RecordTable, is_record_table
 from robust_gen.corruption.speakers import SpeakerContamination, contaminate_speaker, mixed_contaminant_count
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "Manifest",
     "NoCorruption",
     "OutlierInjection",
+    "RecordTable",
     "SpeakerContamination",
     "check_ratio",
     "check_seed",
@@ -34,6 +36,7 @@ __all__ = [
     "corrupted_count",
     "flip_labels",
     "inject_outliers",
+    "is_record_table",
     "least_similar_order",
     "make_generator",
     "mixed_contaminant_count",

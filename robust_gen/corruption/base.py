@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from robust_gen.corruption.manifest import Manifest
+from robust_gen.corruption.records import RecordTable, is_record_table
 
 
 def check_ratio(ratio: float, *, name: str = "ratio") -> float:
@@ -114,6 +115,36 @@ def record_field(records: Sequence[Any], index: int, field: str) -> Any:
     return record[field]
 
 
+def field_values(records: Sequence[Any] | RecordTable, field: str) -> Any:
+    """``record[field]`` of every record: the column itself for a :class:`RecordTable` (no per-record dicts),
+    a list for dict records.
+
+    Examples
+    --------
+    >>> field_values([{"label": 2}, {"label": 0}], "label")
+    [2, 0]
+    >>> field_values(RecordTable.from_columns(label=[2, 0]), "label").tolist()
+    [2, 0]
+    """
+    if is_record_table(records):
+        return records.values(field) if field in records.vocabularies else records.column(field)
+    return [record_field(records, i, field) for i in range(len(records))]
+
+
+def with_changes(records: Sequence[Any] | RecordTable, field: str, manifest: Manifest) -> Any:
+    """New records with ``record[field] = change["after"]`` for every change of ``manifest``.
+
+    A :class:`RecordTable` gets one new column (the others are shared); dict records are shallow-copied.
+    """
+    if is_record_table(records):
+        changes = manifest.changes
+        return records.replace(field, [c["index"] for c in changes], [c["after"] for c in changes])
+    new_records = copy_records(records)
+    for change in manifest.changes:
+        new_records[change["index"]][field] = change["after"]
+    return new_records
+
+
 class Corruption(abc.ABC):
     """Base of the config-facing corruptions (built by Hydra from ``configs/corruption/*.yaml``).
 
@@ -180,6 +211,7 @@ class NoCorruption(Corruption):
 
     def apply(self, records: Sequence[Mapping[str, Any]], *, epoch: int = 0) -> tuple[list[dict], Manifest]:
         check_epoch(epoch)
-        new_records = copy_records(records)
+        # a RecordTable is immutable: returned as it is, not turned into a million dicts
+        new_records = records if is_record_table(records) else copy_records(records)
         manifest = Manifest(kind=self.kind, ratio=0.0, seed=self.seed, num_samples=len(new_records))
         return new_records, manifest

@@ -24,9 +24,9 @@ from robust_gen.corruption.base import (
     Corruption,
     check_ratio,
     check_seed,
-    copy_records,
+    field_values,
     make_generator,
-    record_field,
+    with_changes,
 )
 from robust_gen.corruption.manifest import Manifest
 
@@ -140,11 +140,8 @@ class CaptionSwap(Corruption):
 
     def apply(self, records: Sequence[Mapping[str, Any]], *, epoch: int = 0) -> tuple[list[dict], Manifest]:
         """Swap ``record[field]`` between ``floor(ratio * N / 2)`` pairs; returns new records."""
-        captions = [record_field(records, i, self.field) for i in range(len(records))]
+        captions = field_values(records, self.field)
         _, manifest = swap_captions(captions, self.ratio, seed=self.seed, epoch=self._epoch_for_seed(epoch))
-        new_records = copy_records(records)
-        for change in manifest.changes:
-            new_records[change["index"]][self.field] = change["after"]
         manifest.field = self.field
         manifest.params["on_the_fly"] = self.on_the_fly
-        return new_records, manifest
+        return with_changes(records, self.field, manifest), manifest

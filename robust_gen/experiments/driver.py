@@ -5,6 +5,14 @@ recipes as subprocesses from the repository root (``recipes/<recipe>/train.py -m
 ``recipes/image/sample.py`` / ``evaluate.py`` or ``tools/speaker_sim.py`` per run); ``tools/run_experiment.py`` is
 the command line.
 
+On many machines the sweep goes through a Hydra launcher instead (``launcher="submitit_slurm"``, or
+``hydra/launcher=submitit_local|submitit_slurm|joblib`` on the training command itself): every job trains, then
+samples and evaluates its own run (:func:`finish_run`, switched on by ``finish.sample`` / ``finish.evaluate``), so
+no driver loop waits on the cluster; the report is gathered afterwards from the run directories
+(``--report-only``). A job warned of pre-emption (SIGUSR1 before a time limit, or SIGTERM) checkpoints the step it
+is on and asks submitit to requeue it (:func:`preemption_signals`, :func:`requeue_if_stopped`); the requeued job
+resumes from that checkpoint exactly.
+
 Examples
 --------
 >>> merge_overrides(["a=1", "b=2"], ["a=3"])
@@ -15,20 +23,39 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from robust_gen.experiments.report import collect_runs, collect_series, write_study_report
 from robust_gen.experiments.studies import STUDIES
 
-__all__ = ["REPO", "Runner", "image_study", "merge_overrides", "path_override", "run_study", "speech_study"]
+__all__ = [
+    "REPO",
+    "Runner",
+    "finish_run",
+    "image_study",
+    "launcher_overrides",
+    "merge_overrides",
+    "path_override",
+    "preemption_signals",
+    "requeue_if_preempted",
+    "run_study",
+    "speech_study",
+]
+
+log = logging.getLogger(__name__)
 
 #: The repository root: the recipes and tools the driver runs live there.
 REPO = Path(__file__).resolve().parents[2]
@@ -136,17 +163,11 @@ def _sample_stamps(run_dir: Path) -> dict[str, int]:
 def sample_with_control(run_dir: Path, overrides: list[str], control: list[float]) -> None:
     """recipes/image/sample.py's ``sample`` with ``control_values`` set, in this process (the driver then renames
     the new sample folder to its study tag)."""
-    import importlib.util
-
     from omegaconf import open_dict
 
     from robust_gen.training.recipe import compose_config
 
-    spec = importlib.util.spec_from_file_location(
-        "image_sample_recipe", REPO / "recipes" / "image" / "sample.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _load_recipe("sample")
     cfg = compose_config("image", "sample", [path_override("run_dir", run_dir), *overrides])
     with open_dict(cfg):
         cfg.control_values = [float(v) for v in control]
@@ -221,6 +242,138 @@ def image_study(
         )
 
 
+def _load_recipe(name: str) -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"image_{name}_recipe", REPO / "recipes" / "image" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def _beside_running_hydra() -> Iterator[None]:
+    """Let ``compose_config`` run inside a Hydra job (which holds Hydra's global state): set that state aside
+    while composing the sample / evaluate configs, and put it back after."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    running = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
+    job_cfg = HydraConfig.instance().cfg
+    GlobalHydra.instance().clear()
+    try:
+        yield
+    finally:
+        GlobalHydra.instance().clear()
+        if running is not None:
+            GlobalHydra.instance().initialize(running)
+        HydraConfig.instance().cfg = job_cfg
+
+
+def finish_run(run_dir: str | Path, *, sample: bool = True, evaluate: bool = True, sample_args: Sequence[str] = (),
+               evaluate_args: Sequence[str] = ()) -> dict:
+    """Sample and evaluate one trained image run in this process: what a launcher job does after training.
+
+    The overrides are the run's ``study.sample`` / ``study.evaluate`` (from its ``config.yaml``, when it was trained
+    under a study overlay) followed by ``sample_args`` / ``evaluate_args``. A step whose output exists is skipped,
+    so a requeued job does not redo it. Resilience against a clean run (``study.clean_reference``) needs that other
+    run's samples, which a parallel job cannot wait for: it is left to ``tools/run_experiment.py --skip-train``.
+    Returns ``{"samples": [...folders], "metrics": path or None}``.
+    """
+    from robust_gen.training.recipe import compose_config
+
+    run_dir = Path(run_dir)
+    study = _config(run_dir).get("study") or {}
+    done: dict[str, Any] = {"samples": [], "metrics": None}
+    if sample and not any((run_dir / "samples").glob("*_g*/images.npz")):
+        overrides = merge_overrides(list(study.get("sample", [])), list(sample_args))
+        _check_filled(overrides, f"{run_dir}/config.yaml study.sample")
+        with _beside_running_hydra():
+            cfg = compose_config("image", "sample", [path_override("run_dir", run_dir), *overrides])
+        done["samples"] = _load_recipe("sample").sample(cfg)
+    metrics = run_dir / "eval" / "metrics.json"
+    if evaluate and not metrics.is_file():
+        overrides = merge_overrides(list(study.get("evaluate", [])), list(evaluate_args))
+        _check_filled(overrides, f"{run_dir}/config.yaml study.evaluate")
+        with _beside_running_hydra():
+            cfg = compose_config("image", "evaluate", [path_override("run_dir", run_dir), *overrides])
+        _load_recipe("evaluate").evaluate(cfg)
+    done["metrics"] = str(metrics) if metrics.is_file() else None
+    return done
+
+
+def _is_submitit_handler(handler: Any) -> bool:
+    """submitit's job handler for its pre-emption signal (it checkpoints the job's callable and requeues it)."""
+    return getattr(handler, "__name__", "") == "checkpoint_and_try_requeue"
+
+
+@contextlib.contextmanager
+def preemption_signals() -> Iterator[dict]:
+    """While training: SIGUSR1 (SLURM's / submitit's warning before a time limit or pre-emption) stops the trainer
+    the way SIGTERM does: the step finishes, a checkpoint is written, ``fit`` returns.
+
+    Yields a dict whose ``"signal"`` names the signal received (or None) and whose ``"requeue"`` is submitit's
+    handler when the process is a submitit job (else None), for :func:`requeue_if_stopped`.
+
+    Examples
+    --------
+    >>> with preemption_signals() as state:
+    ...     state["signal"], state["requeue"]
+    (None, None)
+    """
+    state: dict[str, Any] = {"signal": None, "requeue": None}
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield state
+        return
+    previous = signal.getsignal(signal.SIGUSR1)
+    state["requeue"] = previous if _is_submitit_handler(previous) else None
+
+    def stop_training(signum: int, frame: Any) -> None:
+        state["signal"] = signal.Signals(signum).name
+        trainer_handler = signal.getsignal(signal.SIGTERM)  # the trainer's while it trains: finish, checkpoint
+        if callable(trainer_handler) and not _is_submitit_handler(trainer_handler):
+            trainer_handler(signum, frame)
+
+    signal.signal(signal.SIGUSR1, stop_training)
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def requeue_if_preempted(state: dict) -> bool:
+    """After training stopped on a signal (:class:`~robust_gen.training.interrupt.StopRequested`, checkpoint
+    written): when the stop was SIGUSR1 in a submitit job, log it and call submitit's handler, which requeues the job
+    and exits this process; otherwise return False (the stop then ends the process with 128 + signal, and the same
+    command resumes).
+
+    Examples
+    --------
+    >>> requeue_if_preempted({"signal": None, "requeue": None}), requeue_if_preempted({"signal": "SIGUSR1", "requeue": None})
+    (False, False)
+    """
+    if state.get("signal") is None or state.get("requeue") is None:
+        return False
+    log.warning("pre-empted (%s): checkpoint written, requeueing the job", state["signal"])
+    state["requeue"](signal.SIGUSR1, None)  # submitit: pickles the job, requeues it, exits
+    return True
+
+
+def launcher_overrides(launcher: str, sample_args: list[str], eval_args: list[str]) -> list[str]:
+    """The training overrides that send a sweep through a Hydra launcher with sampling and evaluation in each job.
+
+    Examples
+    --------
+    >>> launcher_overrides("submitit_slurm", ["num_images=10"], [])
+    ['hydra/launcher=submitit_slurm', 'finish.sample=true', 'finish.evaluate=true', "finish.sample_args=['num_images=10']", 'finish.evaluate_args=[]']
+    """
+    def listed(items: list[str]) -> str:
+        return "[" + ",".join(f"'{item}'" for item in items) + "]"
+
+    return [f"hydra/launcher={launcher}", "finish.sample=true", "finish.evaluate=true",
+            f"finish.sample_args={listed(sample_args)}", f"finish.evaluate_args={listed(eval_args)}"]
+
+
 def speech_study(run: Runner, runs: list[Path], force: bool) -> None:
     from robust_gen.speech.data.corpus import DEFAULT_VOICES, default_corpus_root
 
@@ -258,8 +411,13 @@ def run_study(
     sample_args: Sequence[str] = (),
     eval_args: Sequence[str] = (),
     out: str | Path | None = None,
+    launcher: str | None = None,
 ) -> int:
-    """Run ``study`` end to end (see the module docstring); returns a process exit code."""
+    """Run ``study`` end to end (see the module docstring); returns a process exit code.
+
+    ``launcher`` (image studies): the Hydra launcher of the sweep (``submitit_slurm``, ``submitit_local``,
+    ``joblib``); every job then samples and evaluates its own run (:func:`launcher_overrides`).
+    """
     spec = STUDIES[study]
     recipe, overlays = spec.recipe, list(spec.overlays)
     if scale == "paper":
@@ -273,6 +431,11 @@ def run_study(
         extra = list(train_overrides)
         if recipe == "image" and scale == "cpu" and shared_first_stage:
             extra += shared_autoencoder(run, sweep_dir.parent)
+        if launcher is not None:
+            if recipe != "image":
+                raise SystemExit("run_experiment: --launcher runs sampling and evaluation inside image jobs; speech "
+                                 "studies run speaker similarity afterwards: run them without --launcher")
+            extra += launcher_overrides(launcher, list(sample_args), list(eval_args))
         if not skip_train:
             for overlay in overlays:
                 run([sys.executable, f"recipes/{recipe}/train.py", "-m", f"+experiment={overlay}",

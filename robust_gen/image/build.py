@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -22,7 +23,7 @@ from robust_gen.conditioning import ConditionalEmbeddingPerturbation
 from robust_gen.diffusion.ema import averaged_weights
 from robust_gen.diffusion.objective import DiffusionObjective
 from robust_gen.image.data.dataset import CONTROL_NAMES, Augmentation, LatentImageDataset
-from robust_gen.image.data.latents import load_or_encode
+from robust_gen.image.data.latents import load_or_encode, load_or_encode_shards
 from robust_gen.image.data.sources import (
     ImageSource,
     load_digits_source,
@@ -42,7 +43,9 @@ from robust_gen.training.recipe import load_run_config, write_resolved_config
 from robust_gen.training.run_dir import write_json
 from robust_gen.training.trainer import run_on_cpu
 
-__all__ = ["META_NAME", "ImageTraining", "build_source", "build_task", "fill_from_data", "load_run", "prepare_training"]
+__all__ = ["META_NAME", "ImageTraining", "autoencoder_images", "build_first_stage", "build_source", "build_task",
+           "encode_latents",
+           "fill_from_data", "load_run", "prepare_training"]
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +53,7 @@ META_NAME = "image_meta.json"
 _COMMON = ("resolution", "crop_margin", "interpolation", "limit")
 _SOURCE_ARGS = {  # the digits cannot be bad, so they take no `on_bad`
     "digits": ("caption_seed",),
-    "folder": ("root", "channels", "caption_template", "on_bad", "min_size"),
+    "folder": ("root", "channels", "caption_template", "on_bad", "min_size", "lazy", "index_dir"),
     "table": ("table", "image_column", "caption_column", "label_column", "image_root", "channels", "on_bad",
               "min_size"),
     "hf": ("name", "split", "image_column", "label_column", "caption_column", "caption_template", "config_name",
@@ -64,11 +67,14 @@ def _plain(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 
 
-def build_source(data_cfg: dict | DictConfig, run_dir: str | Path | None = None) -> ImageSource:
+def build_source(
+    data_cfg: dict | DictConfig, run_dir: str | Path | None = None, *, index_dir: str | Path | None = None
+) -> ImageSource:
     """Load the data of the ``data`` config group (``source: digits | folder | table | hf``).
 
     Images skipped under ``data.on_bad=skip`` are counted in the log and, given ``run_dir``, listed in
-    ``<run_dir>/skipped_images.json`` (:func:`~robust_gen.image.data.sources.report_skipped`).
+    ``<run_dir>/skipped_images.json`` (:func:`~robust_gen.image.data.sources.report_skipped`). A lazy folder
+    (``data.lazy=true``) is indexed into ``data.index_dir``, or ``index_dir`` when that is null.
 
     Examples
     --------
@@ -80,6 +86,8 @@ def build_source(data_cfg: dict | DictConfig, run_dir: str | Path | None = None)
     if kind not in _LOADERS:
         raise ValueError(f"data.source must be one of {sorted(_LOADERS)}, got {kind!r}")
     kwargs = {k: cfg[k] for k in (*_COMMON, *_SOURCE_ARGS[kind]) if k in cfg}
+    if kwargs.get("lazy") and kwargs.get("index_dir") is None:
+        kwargs["index_dir"] = index_dir
     source = _LOADERS[kind](**kwargs)
     report_skipped(source, run_dir)
     return source
@@ -144,8 +152,7 @@ def _meta(cfg: DictConfig, source: ImageSource, autoencoder: ImageAutoencoder, s
           augmentation: Augmentation, concept: int | None) -> dict:
     size = int(cfg.data.resolution) // autoencoder.factor
     top, left, flip = augmentation.center()
-    sizes = [(r["orig_height"], r["orig_width"]) for r in source.records]
-    orig = max(set(sizes), key=sizes.count)
+    orig = _most_common_size(source)
     return {
         "num_classes": source.num_classes,
         # what sampling asks for: a run trained on one concept (corruption=outliers) only knows that class
@@ -164,6 +171,65 @@ def _meta(cfg: DictConfig, source: ImageSource, autoencoder: ImageAutoencoder, s
     }
 
 
+def _most_common_size(source: ImageSource) -> tuple[int, int]:
+    """The most frequent original (height, width): by column for a lazy source's record table."""
+    if source.is_lazy:
+        pairs = np.stack([np.asarray(source.records.column("orig_height")),
+                          np.asarray(source.records.column("orig_width"))], axis=1)
+        values, counts = np.unique(pairs, axis=0, return_counts=True)
+        return tuple(int(v) for v in values[int(counts.argmax())])
+    sizes = [(r["orig_height"], r["orig_width"]) for r in source.records]
+    return max(set(sizes), key=sizes.count)
+
+
+def autoencoder_images(source: ImageSource, limit: int) -> np.ndarray:
+    """The images the ``trained`` autoencoder learns from: all of an in-memory source; of a lazy one, ``limit``
+    evenly spaced images (decoding a million files to train a small first stage would cost more than it gives).
+
+    Examples
+    --------
+    >>> autoencoder_images(load_digits_source(resolution=8, limit=6), 2).shape
+    (6, 8, 8, 1)
+    """
+    if not source.is_lazy:
+        return source.images
+    count = len(source.images)
+    return source.images[np.linspace(0, count - 1, num=min(int(limit), count)).round().astype(np.int64)]
+
+
+def build_first_stage(cfg: DictConfig, source: ImageSource, run_dir: Path, device: Any) -> ImageAutoencoder:
+    """The run's autoencoder (trained on :func:`autoencoder_images` in ``trained`` mode, reused when saved)."""
+    ae_cfg = _plain(cfg.autoencoder)
+    images = source.images
+    if ae_cfg.get("mode") == "trained":
+        images = autoencoder_images(source, int(cfg.data.get("autoencoder_images", 4096)))
+    return build_autoencoder(ae_cfg, run_dir=run_dir, images=images, seed=int(cfg.trainer.seed), device=device,
+                             progress=bool(cfg.trainer.progress))
+
+
+def encode_latents(cfg: DictConfig, source: ImageSource, autoencoder: ImageAutoencoder, augmentation: Augmentation,
+                   run_dir: Path) -> Any:
+    """The latent table of ``source``: one in-memory cache file (``latents.format=table``), or the sharded cache
+    read by index (``latents.format=sharded``, for data that does not fit in memory)."""
+    ae_cfg = _plain(cfg.autoencoder)
+    # latents of a shared (cached) autoencoder are shared too: the cache file is named by weights and images
+    cache_dir = cfg.latents.cache_dir or (
+        autoencoder.cache_folder / "latents" if autoencoder.cache_folder is not None else run_dir / "latents"
+    )
+    options = {"flips": augmentation.flip, "scaling_factor": ae_cfg.get("scaling_factor", "data"),
+               "batch_size": int(cfg.latents.encode_batch_size)}
+    latent_format = cfg.latents.get("format", "table")
+    if latent_format == "sharded":
+        return load_or_encode_shards(autoencoder, source.images, cache_dir, shard_size=int(cfg.latents.shard_size),
+                                     **options)
+    if latent_format != "table":
+        raise ValueError(f"latents.format must be table or sharded, got {latent_format!r}")
+    if source.is_lazy:
+        raise ValueError("a lazy data source (data.lazy=true) needs latents.format=sharded: the one-file cache holds "
+                         "every latent in memory")
+    return load_or_encode(autoencoder, source.images, cache_dir, **options)
+
+
 def prepare_training(cfg: DictConfig, run_dir: str | Path) -> ImageTraining:
     """Data, first stage, latent cache, training set, task and sampling hook for a run in ``run_dir``.
 
@@ -178,22 +244,15 @@ def prepare_training(cfg: DictConfig, run_dir: str | Path) -> ImageTraining:
     if state.device.type == "cpu":
         apply_cpu_threads(cfg.cpu_threads)
     seed = int(cfg.trainer.seed)
-    source = build_source(cfg.data, run_dir if state.is_main_process else None)
+    source = build_source(cfg.data, run_dir if state.is_main_process else None, index_dir=run_dir / "data_index")
     fill_from_data(cfg, source)
     config_yaml = write_resolved_config(cfg, run_dir) if state.is_main_process else OmegaConf.to_yaml(cfg, resolve=True)
     ae_cfg = _plain(cfg.autoencoder)
     with state.main_process_first():
-        autoencoder = build_autoencoder(ae_cfg, run_dir=run_dir, images=source.images, seed=seed,
-                                        device=state.device, progress=bool(cfg.trainer.progress))
+        autoencoder = build_first_stage(cfg, source, run_dir, state.device)
         augmentation = Augmentation(int(cfg.data.resolution), int(cfg.data.crop_margin), autoencoder.factor,
                                     bool(cfg.data.flip), seed)
-        # latents of a shared autoencoder are shared too (the cache file is named by weights and images)
-        cache_dir = cfg.latents.cache_dir or (
-            autoencoder.cache_folder / "latents" if autoencoder.cache_folder is not None else run_dir / "latents"
-        )
-        table = load_or_encode(autoencoder, source.images, cache_dir, flips=augmentation.flip,
-                               scaling_factor=ae_cfg.get("scaling_factor", "data"),
-                               batch_size=int(cfg.latents.encode_batch_size))
+        table = encode_latents(cfg, source, autoencoder, augmentation, run_dir)
     _record_scaling_factor(autoencoder, table.scaling_factor, ae_cfg, run_dir, state.is_main_process)
     concept = cfg.corruption.get("concept") if "concept" in cfg.corruption else None
     meta = _meta(cfg, source, autoencoder, table.scaling_factor, augmentation, concept)
@@ -205,6 +264,9 @@ def prepare_training(cfg: DictConfig, run_dir: str | Path) -> ImageTraining:
     corruption = instantiate(cfg.corruption)
     apply_kwargs = {}
     if cfg.corruption.get("selection") == "least_similar":
+        if source.is_lazy:
+            raise ValueError("corruption.selection=least_similar compares every image's pixels, which a lazy source "
+                             "does not hold; use selection=random or an in-memory source")
         # "Least similar" by the images themselves (the paper uses CLIP image embeddings, not available offline).
         apply_kwargs["embeddings"] = source.images.reshape(len(source.images), -1)[[r["source"] for r in source.records]]
     dataset = LatentImageDataset(

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from robust_gen.corruption.records import is_record_table
 from robust_gen.image.data.latents import LatentTable
 from robust_gen.training.recipe import apply_corruption
 
@@ -137,7 +138,8 @@ class LatentImageDataset(Dataset):
         apply_kwargs: dict | None = None,
         write_manifests: bool = True,
     ) -> None:
-        self.original = [dict(r) for r in records]
+        # A RecordTable (lazy sources) is immutable and columnar: kept as is, never turned into a million dicts.
+        self.original = records if is_record_table(records) else [dict(r) for r in records]
         self.latents, self.augmentation = latents, augmentation
         self.corruption, self.run_dir, self.concept = corruption, run_dir, concept
         self.apply_kwargs, self.write_manifests = dict(apply_kwargs or {}), write_manifests
@@ -151,8 +153,8 @@ class LatentImageDataset(Dataset):
             raise ValueError("flips need latents of the mirror images (encode with flips=True)")
         self.latent_size = latent_size
         self.epoch = 0
-        self.records: list[dict] = []
-        self.indices: list[int] = []
+        self.records: Any = []
+        self.indices: Any = []
         self._corrupt(epoch=0)
 
     @property
@@ -166,10 +168,14 @@ class LatentImageDataset(Dataset):
                 records, _ = apply_corruption(self.corruption, records, self.run_dir, epoch=epoch, **self.apply_kwargs)
             else:
                 records, _ = self.corruption.apply(records, epoch=epoch, **self.apply_kwargs)
-        indices = [i for i, r in enumerate(records) if self.concept is None or r["label"] == self.concept]
-        if not indices:
+        if is_record_table(records):
+            labels = records.column("label")
+            indices = np.arange(len(records)) if self.concept is None else np.flatnonzero(labels == self.concept)
+        else:
+            indices = [i for i, r in enumerate(records) if self.concept is None or r["label"] == self.concept]
+        if not len(indices):
             raise ValueError(f"no training record has label {self.concept}; check corruption.concept")
-        if self.indices and len(indices) != len(self.indices):
+        if len(self.indices) and len(indices) != len(self.indices):
             raise ValueError(f"epoch {epoch}'s corruption changed the dataset size ({len(self.indices)} -> {len(indices)})")
         self.records, self.indices = records, indices
 

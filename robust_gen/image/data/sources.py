@@ -19,8 +19,11 @@ caption or image follow ``on_bad``: ``"error"`` (the default) raises on the firs
 without images, or a table without the named column, is an error either way: that is a configuration fault,
 not a bad sample.
 
-Everything is loaded into memory at once: meant for datasets that fit (the digits, folders of thousands of
-images, slices of ImageNet via ``limit``), not for streaming 1.28M images.
+By default everything is loaded into memory at once: meant for datasets that fit (the digits, folders of
+thousands of images, slices of ImageNet via ``limit``). For ImageNet-sized folders, ``load_folder_source(...,
+lazy=True, index_dir=...)`` indexes the folder on disk instead (:mod:`robust_gen.image.data.file_index`): the
+images are an array-like decoded by index when the latent cache is written, and the records a memory-mapped
+:class:`~robust_gen.corruption.records.RecordTable`, so memory does not grow with the dataset.
 """
 
 from __future__ import annotations
@@ -87,9 +90,11 @@ class ImageSource:
     Attributes
     ----------
     images:
-        uint8 ``[N, S, S, C]`` at the canvas size ``S``.
+        uint8 ``[N, S, S, C]`` at the canvas size ``S``: an array, or for a lazy source an
+        :class:`~robust_gen.image.data.file_index.ImageFiles` that decodes files when indexed.
     records:
-        One dict per training example (``label``, ``caption``, ``source``, ``orig_height``, ``orig_width``).
+        One dict per training example (``label``, ``caption``, ``source``, ``orig_height``, ``orig_width``), or
+        a :class:`~robust_gen.corruption.records.RecordTable` of the same fields for a lazy source.
     class_names:
         Name of each class (empty for unlabelled data).
     class_prompts:
@@ -103,8 +108,8 @@ class ImageSource:
         ``{"row": ..., "file": ..., "reason": ...}`` for table / dataset rows.
     """
 
-    images: np.ndarray
-    records: list[dict]
+    images: Any
+    records: Any
     class_names: list[str] = field(default_factory=list)
     class_prompts: list[list[str]] = field(default_factory=list)
     captions: list[str] = field(default_factory=list)
@@ -114,8 +119,13 @@ class ImageSource:
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.dtype != np.uint8 or self.images.shape[1] != self.images.shape[2]:
             raise ValueError(f"images must be uint8 [N, S, S, C], got {self.images.dtype} {self.images.shape}")
-        if not self.records:
+        if not len(self.records):
             raise ValueError(f"the data source {self.name!r} has no images; check the data configuration")
+
+    @property
+    def is_lazy(self) -> bool:
+        """True when the images are read from files on demand (not one in-memory array)."""
+        return not isinstance(self.images, np.ndarray)
 
     @property
     def num_classes(self) -> int:
@@ -305,13 +315,17 @@ def load_folder_source(
     limit: int | None = None,
     on_bad: str = "error",
     min_size: int = 8,
+    lazy: bool = False,
+    index_dir: str | Path | None = None,
 ) -> ImageSource:
     """An image folder with one sub-folder per class (``root/<class name>/*.png``); classes sorted by name.
 
     Captions come from ``caption_template`` with the class name (underscores read as spaces). Bad image files
     raise (``on_bad="error"``) or are skipped and listed (``on_bad="skip"``); a class folder without any image
     file raises either way. ``limit`` counts the images kept. Images under ``min_size`` pixels on a side are
-    kept with a warning.
+    kept with a warning. ``lazy=True`` indexes the folder into ``index_dir`` (reused when it is there) and reads
+    images only when indexed (:func:`~robust_gen.image.data.file_index.open_folder_index`): the form for
+    ImageNet-sized folders.
 
     Examples
     --------
@@ -324,6 +338,10 @@ def load_folder_source(
     >>> src.class_names, src.records[1]["caption"], src.images.shape
     (['cat', 'dog'], 'a photo of a dog', (2, 8, 8, 3))
     """
+    if lazy:
+        return _lazy_folder_source(root, index_dir, resolution=resolution, crop_margin=crop_margin,
+                                   channels=channels, interpolation=interpolation, caption_template=caption_template,
+                                   limit=limit, on_bad=on_bad)
     _check_channels(channels)
     bad = _BadInput(on_bad, min_size)
     root = Path(root)
@@ -353,6 +371,19 @@ def load_folder_source(
     bad.check_some_left(len(records), f"folder {root}")
     prompts = [[caption_template.format(name=n)] for n in names]
     return ImageSource(np.stack(images), records, names, prompts, name=f"folder {root}", skipped=bad.skipped)
+
+
+def _lazy_folder_source(root: str | Path, index_dir: str | Path | None, **settings: Any) -> ImageSource:
+    from robust_gen.image.data.file_index import open_folder_index  # it builds on this module's helpers
+
+    if index_dir is None:
+        raise ValueError("a lazy folder source needs index_dir (set data.index_dir, or let the recipe put it in "
+                         "the run directory)")
+    files, records, names = open_folder_index(root, index_dir, **settings)
+    skipped_path = Path(index_dir) / SKIPPED_IMAGES_FILE
+    skipped = json.loads(skipped_path.read_text())["images"] if skipped_path.is_file() else []
+    prompts = [[caption] for caption in records.vocabularies["caption"]]
+    return ImageSource(files, records, names, prompts, name=f"folder {root} (lazy)", skipped=skipped)
 
 
 def _record(label: int, caption: str, source: int, image: Image.Image) -> dict:

@@ -4,6 +4,10 @@ Training reads the same utterances thousands of times; recomputing their STFT ev
 data loader of a GPU run does not have. :class:`MelCache` stores each mel as an ``.npz`` (with the clip's length
 and levels, which the data checks need) under a folder named by a digest of the :class:`MelConfig`, so runs with
 the same features share entries and a changed setting never reads stale ones.
+
+For corpora of LibriTTS size (hundreds of thousands of utterances) :func:`fill_mel_cache` computes the missing
+entries with several worker processes first; each worker returns only the facts the data checks need (length,
+levels, frame count), so the caller never holds the mels in memory.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from robust_gen.speech.data.audio import load_audio, peak_db, rms_db
 from robust_gen.speech.data.mel import MelConfig, MelSpectrogram
 from robust_gen.training.run_dir import atomic_open
 
-__all__ = ["MelCache", "MelEntry", "load_mel"]
+__all__ = ["MelCache", "MelEntry", "MelFacts", "fill_mel_cache", "load_mel"]
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +60,7 @@ class MelCache:
     """
 
     def __init__(self, root: str | os.PathLike, mel_config: MelConfig) -> None:
-        self.mel_config = mel_config
+        self.root, self.mel_config = Path(root), mel_config
         digest = hashlib.sha256(json.dumps(asdict(mel_config), sort_keys=True).encode()).hexdigest()[:12]
         self.folder = Path(root) / f"mel-{digest}"
         self._mel: MelSpectrogram | None = None
@@ -106,6 +110,69 @@ class MelCache:
         entry_file.parent.mkdir(parents=True, exist_ok=True)
         with atomic_open(entry_file, "wb") as file:
             np.savez(file, mel=entry.mel, num_samples=entry.num_samples, peak_db=entry.peak_db, rms_db=entry.rms_db)
+
+
+@dataclass(frozen=True)
+class MelFacts:
+    """What the data checks need of a cached entry, without its mel: samples, levels and frames."""
+
+    num_samples: int
+    peak_db: float
+    rms_db: float
+    num_frames: int
+
+    @classmethod
+    def of(cls, entry: MelEntry) -> MelFacts:
+        return cls(entry.num_samples, entry.peak_db, entry.rms_db, int(entry.mel.shape[1]))
+
+
+def _facts_of_chunk(root: str, mel_config: MelConfig, paths: list[str]) -> list[tuple[str, MelFacts | str]]:
+    """Worker: fill the cache for ``paths``; each path's facts, or the error message when its audio is bad."""
+    torch.set_num_threads(1)
+    cache = MelCache(root, mel_config)
+    results: list[tuple[str, MelFacts | str]] = []
+    for path in paths:
+        try:
+            results.append((path, MelFacts.of(cache.load_or_compute(path))))
+        except (OSError, ValueError) as error:  # bad audio: the caller's checks name it
+            results.append((path, f"{type(error).__name__}: {error}"))
+    return results
+
+
+def fill_mel_cache(
+    cache: MelCache, audio_paths: list[str], *, workers: int = 2, chunk_size: int = 64
+) -> dict[str, MelFacts | str]:
+    """Compute every missing entry of ``audio_paths`` in ``cache`` with ``workers`` processes.
+
+    Returns ``path -> MelFacts`` (or the error message of a bad file: the caller decides what bad input means).
+    Worker processes are spawned (not forked), so a parent that already runs torch threads is safe; entries are
+    written atomically, so a killed fill resumes with the entries already there.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from robust_gen.speech.data.audio import save_audio
+    >>> folder = tempfile.mkdtemp()
+    >>> save_audio(f"{folder}/a.wav", 0.3 * torch.randn(22050), 22050)
+    >>> facts = fill_mel_cache(MelCache(f"{folder}/c", MelConfig()), [f"{folder}/a.wav", f"{folder}/b.wav"],
+    ...                        workers=1)
+    >>> facts[f"{folder}/a.wav"].num_frames, facts[f"{folder}/b.wav"].startswith("FileNotFoundError")
+    (86, True)
+    """
+    chunks = [audio_paths[i : i + chunk_size] for i in range(0, len(audio_paths), chunk_size)]
+    facts: dict[str, MelFacts | str] = {}
+    if workers <= 1:
+        for chunk in chunks:
+            facts.update(_facts_of_chunk(str(cache.root), cache.mel_config, chunk))
+        return facts
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for done in pool.map(_facts_of_chunk, [str(cache.root)] * len(chunks), [cache.mel_config] * len(chunks),
+                             chunks):
+            facts.update(done)
+    return facts
 
 
 def load_mel(mel_file: str | os.PathLike) -> torch.Tensor:

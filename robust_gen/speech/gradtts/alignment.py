@@ -96,48 +96,106 @@ def reference_monotonic_alignment_search(log_p: np.ndarray) -> np.ndarray:
 if numba is not None:
 
     @numba.njit(cache=True, nogil=True)
-    def _mas_one_sample_numba(log_p, t_text, t_mel, path):  # pragma: no cover - compiled, tested via results
-        # Row by row (token x outer, frame y inner): row x only needs row x - 1 and itself, so the order gives
-        # the same values as the column order of the reference while walking memory contiguously.
-        value = np.empty((t_text, t_mel), dtype=log_p.dtype)
+    def _mas_one_sample_numba(log_p, t_text, t_mel, columns, moved, path, limit):  # pragma: no cover - compiled
+        # The whole call in one kernel, so the Python side needs no masked float64 copy of log_p and no separate
+        # finiteness pass (together they cost more than the search itself).
+        # 1. Finiteness of every cell inside the masks, in log_p's own dtype against the accumulation dtype's
+        #    largest finite value (NaN fails the comparison too); a branch-free reduction that vectorises.
+        finite = True
         for x in range(t_text):
-            for y in range(x, x + t_mel - t_text + 1):  # the band of row x
-                if y == 0:
-                    value[x, y] = log_p[x, y]
-                elif x == 0:
-                    value[x, y] = log_p[x, y] + value[x, y - 1]
-                elif x == y:
-                    value[x, y] = log_p[x, y] + value[x - 1, y - 1]
-                else:
-                    stay = value[x, y - 1]
-                    advance = value[x - 1, y - 1]
-                    value[x, y] = log_p[x, y] + (advance if stay < advance else stay)
+            for y in range(t_mel):
+                finite &= abs(log_p[x, y]) <= limit
+        if not finite:
+            return False
+        # 2. Forward pass frame by frame (the reference's column order): column y depends only on column y - 1,
+        #    so the loop over tokens has no carried dependency. Two column buffers in the accumulation dtype,
+        #    shifted by one so that entry 0 is a permanent -inf ("advance" at token 0 is not allowed); entries
+        #    above the band stay -inf, which makes "stay" at x == y lose as the rule demands. Storing log_p into
+        #    the buffer first casts it to the accumulation dtype: the additions are exactly the reference's.
+        #    The backtracking decision value[x, y-1] < value[x-1, y-1] is kept as one byte per cell.
+        old, new = columns[0], columns[1]
+        old[:] = -np.inf
+        new[:] = -np.inf
+        new[1] = log_p[0, 0]
+        for y in range(1, t_mel):
+            old, new = new, old
+            decisions = moved[y]
+            for x in range(max(0, t_text + y - t_mel), min(t_text - 1, y) + 1):
+                stay, advance = old[x + 1], old[x]
+                step = stay < advance
+                decisions[x] = step
+                new[x + 1] = log_p[x, y]
+                new[x + 1] += advance if step else stay
+        # 3. Backtrack from the last cell with the stored decisions (ties stay).
         x = t_text - 1
         for y in range(t_mel - 1, -1, -1):
             path[x, y] = 1
-            if x != 0 and (x == y or value[x, y - 1] < value[x - 1, y - 1]):
+            if x != 0 and (x == y or moved[y, x]):
                 x -= 1
+        return True
 
-    @numba.njit(cache=True, parallel=True)
-    def _mas_batch_numba(log_p, text_lengths, mel_lengths, path):  # pragma: no cover - compiled
+    def _mas_batch(log_p, text_lengths, mel_lengths, columns, moved, path, limit, finite):  # pragma: no cover
         for b in numba.prange(log_p.shape[0]):
-            _mas_one_sample_numba(log_p[b], text_lengths[b], mel_lengths[b], path[b])
+            finite[b] = _mas_one_sample_numba(
+                log_p[b], text_lengths[b], mel_lengths[b], columns[b], moved[b], path[b], limit
+            )
+
+    # One source, two compilations: the parallel one spreads the batch over numba's threads; on one thread the
+    # serial one saves the thread pool's launch (about 10 % of a call at Grad-TTS's sizes).
+    _mas_batch_numba = numba.njit(cache=True, parallel=True)(_mas_batch)
+    _mas_batch_serial = numba.njit(cache=True)(_mas_batch)
+
+    @numba.njit(cache=True, nogil=True)
+    def _prefix_lengths_numba(mask, lengths):  # pragma: no cover - compiled
+        # Lengths of [B, T] bool prefix masks in one pass; False when some row is not ones-then-zeros.
+        for b in range(mask.shape[0]):
+            length = 0
+            while length < mask.shape[1] and mask[b, length]:
+                length += 1
+            for t in range(length, mask.shape[1]):
+                if mask[b, t]:
+                    return False
+            lengths[b] = length
+        return True
 
 
-def _mas_numba(log_p: torch.Tensor, text_lengths: torch.Tensor, mel_lengths: torch.Tensor) -> torch.Tensor:
+_NUMBA_DTYPES = (torch.float32, torch.float64)  # dtypes the kernel reads in place (no converted copy)
+
+
+def _mas_numba(
+    log_p: torch.Tensor, text_lengths: torch.Tensor, mel_lengths: torch.Tensor, precision: str
+) -> torch.Tensor:
+    """The numba backend on raw ``log_p`` (any values outside the masks); checks finiteness itself."""
     if numba is None:
         raise ImportError(
             "backend='numba' needs the numba package (pip install numba); or use backend='torch'"
         )
-    log_p_np = np.ascontiguousarray(log_p.cpu().numpy())
-    path = np.zeros(log_p_np.shape, dtype=np.uint8)
+    accumulate = PRECISIONS[precision]
+    scores = log_p.detach().cpu()
+    if scores.dtype not in _NUMBA_DTYPES:  # float16 / bfloat16: numba reads neither; one converted copy
+        scores = scores.to(accumulate)
+    batch, t_text, t_mel = scores.shape
+    out_dtype = log_p.dtype if log_p.dtype in _NUMBA_DTYPES else torch.uint8
+    path = torch.zeros(batch, t_text, t_mel, dtype=out_dtype)
+    columns = np.empty((batch, 2, t_text + 1), dtype=np.float64 if accumulate == torch.float64 else np.float32)
+    moved = np.empty((batch, t_mel, t_text), dtype=np.bool_)  # [frame, token]: written before read, band only
+    finite = np.empty(batch, dtype=np.bool_)
+    limit = float(torch.finfo(accumulate).max)
     threads = torch.get_num_threads()
-    _mas_batch_numba(log_p_np, text_lengths.cpu().numpy(), mel_lengths.cpu().numpy(), path)
+    kernel = _mas_batch_serial if numba.get_num_threads() == 1 else _mas_batch_numba
+    kernel(scores.numpy(), text_lengths.numpy(), mel_lengths.numpy(), columns, moved, path.numpy(), limit,
+                     finite)
     # numba's OpenMP layer resets the process-wide OpenMP thread count when it first starts (e.g. 1 -> cores),
     # which would silently change torch's thread count, hence its summation order, from the first call on.
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    return torch.from_numpy(path)
+    if not finite.all():
+        _raise_non_finite(np.flatnonzero(~finite).tolist(), precision)
+    return path
+
+
+def _raise_non_finite(samples: list[int], precision: str) -> None:
+    raise ValueError(f"log_p must be finite inside the masks (in {precision}); samples {samples} hold NaN or inf")
 
 
 def _mas_reference(
@@ -198,6 +256,12 @@ def _as_lengths(mask: torch.Tensor, name: str, batch: int, length: int) -> torch
         mask = mask[:, 0]
     if tuple(mask.shape) != (batch, length):
         raise ValueError(f"{name} must have shape [{batch}, {length}] (or [B, 1, T]), got {list(mask.shape)}")
+    if numba is not None and mask.dtype == torch.bool and mask.device.type == "cpu":
+        # The common case (bool masks on the CPU) in one compiled pass: the torch checks below cost ~10 small
+        # tensor ops, which at Grad-TTS's sizes is as long as the search. A bad mask falls through to them.
+        lengths = np.empty(batch, dtype=np.int64)
+        if _prefix_lengths_numba(mask.numpy(), lengths):
+            return torch.from_numpy(lengths)
     if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
         raise ValueError(f"{name} must hold only 0 and 1")
     mask = mask.bool()
@@ -265,29 +329,27 @@ def monotonic_alignment_search(
     batch, t_text, t_mel = log_p.shape
     text_lengths = _as_lengths(x_mask, "x_mask", batch, t_text)
     mel_lengths = _as_lengths(y_mask, "y_mask", batch, t_mel)
-    bad = ((text_lengths < 1) | (mel_lengths < text_lengths)).nonzero()[:, 0].tolist()
+    text_np, mel_np = text_lengths.numpy(), mel_lengths.numpy()  # numpy: a few µs, not a few torch ops
+    bad = np.flatnonzero((text_np < 1) | (mel_np < text_np)).tolist()
     if bad:
         details = ", ".join(f"sample {b}: T_text={text_lengths[b]}, T_mel={mel_lengths[b]}" for b in bad)
         raise ValueError(
             f"monotonic alignment needs 1 <= T_text <= T_mel in every sample; {details}. "
             "Skip clips whose mel has fewer frames than their text has tokens"
         )
+    if backend == "auto":
+        backend = "torch" if log_p.is_cuda or numba is None else "numba"
+    if backend == "numba":
+        path = _mas_numba(log_p, text_lengths, mel_lengths, precision)
+        return path.to(device=log_p.device, dtype=log_p.dtype)
     valid = (torch.arange(t_text)[None, :, None] < text_lengths[:, None, None]) & (
         torch.arange(t_mel)[None, None, :] < mel_lengths[:, None, None]
     )
     valid = valid.to(log_p.device)
     scores = torch.where(valid, log_p.detach(), 0.0).to(PRECISIONS[precision])  # padding may hold anything
     if not bool(torch.isfinite(scores).all()):
-        bad = (~torch.isfinite(scores)).flatten(1).any(dim=1).nonzero()[:, 0].tolist()
-        raise ValueError(
-            f"log_p must be finite inside the masks (in {precision}); samples {bad} hold NaN or inf"
-        )
-
-    if backend == "auto":
-        backend = "torch" if log_p.is_cuda or numba is None else "numba"
-    if backend == "numba":
-        path = _mas_numba(scores, text_lengths, mel_lengths)
-    elif backend == "torch":
+        _raise_non_finite((~torch.isfinite(scores)).flatten(1).any(dim=1).nonzero()[:, 0].tolist(), precision)
+    if backend == "torch":
         path = _mas_torch(scores, text_lengths, mel_lengths)
     else:
         path = _mas_reference(scores, text_lengths, mel_lengths)
