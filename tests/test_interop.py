@@ -8,6 +8,7 @@ import json
 import string
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -95,8 +96,74 @@ def _train(run_dir: Path, pipeline: Path, *overrides: str) -> dict:
     return TRAIN.train(cfg, run_dir)
 
 
-def test_lora_fine_tune_resume(pipeline_dir, tmp_path):
+def _generate(pipe, prompt: str = "a handwritten seven"):
+    generator = torch.Generator().manual_seed(0)
+    return pipe(prompt, num_inference_steps=2, guidance_scale=3.0, height=16, width=16, generator=generator,
+                output_type="np").images
+
+
+def test_lora_fine_tune_resume_export_reload(pipeline_dir, tmp_path):
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+
+    from robust_gen.image.export import export_run
+
     run = tmp_path / "lora"
     _train(run, pipeline_dir, "trainer.max_steps=2", "trainer.checkpoint_every=2", LORA_TARGETS)
-    _train(run, pipeline_dir, "trainer.max_steps=3", "trainer.checkpoint_every=1", LORA_TARGETS)
-    print(sorted(load_file(str(run / "checkpoints" / "step_00000003" / "model.safetensors"))))
+    _train(run, pipeline_dir, "trainer.max_steps=3", "trainer.checkpoint_every=1", LORA_TARGETS)  # resumes
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000003"
+    stored = load_file(str(run / "checkpoints" / "step_00000003" / "model.safetensors"))
+    assert stored and all("lora_" in k for k in stored if k != "scaling_factor")  # adapters only, no base weights
+    out = export_run(run, tmp_path / "export")
+    pipe = DiffusionPipeline.from_pretrained(out)
+    assert type(pipe) is StableDiffusionPipeline
+    images = _generate(pipe)
+    assert images.shape == (1, 16, 16, 3) and np.isfinite(images).all()
+    # the LoRA file on top of the original pipeline gives the fused export's U-Net
+    base = StableDiffusionPipeline.from_pretrained(pipeline_dir)
+    base.load_lora_weights(out / "lora")
+    x, t, context = torch.randn(1, 4, 8, 8), torch.tensor([500]), torch.randn(1, 5, 32)
+    with torch.no_grad():
+        fused, adapted = pipe.unet(x, t, context).sample, base.unet(x, t, context).sample
+        original = StableDiffusionPipeline.from_pretrained(pipeline_dir).unet(x, t, context).sample
+    assert torch.allclose(fused, adapted, atol=1e-5)
+    assert not torch.allclose(fused, original, atol=1e-6)  # the fine-tuning changed something
+
+
+@pytest.fixture(scope="module")
+def v_pipeline_dir(tmp_path_factory) -> Path:
+    return build_tiny_pipeline(tmp_path_factory.mktemp("sdv") / "tiny_sd_v", prediction_type="v_prediction")
+
+
+def test_full_fine_tune_reads_v_prediction_resumes_exactly_and_exports(v_pipeline_dir, tmp_path):
+    from diffusers import StableDiffusionPipeline
+    from omegaconf import OmegaConf
+
+    full = ["model.lora.rank=0", "trainer.checkpoint_every=1"]
+    _train(tmp_path / "a", v_pipeline_dir, *full, "trainer.max_steps=2")
+    _train(tmp_path / "a", v_pipeline_dir, *full, "trainer.max_steps=3")
+    _train(tmp_path / "b", v_pipeline_dir, *full, "trainer.max_steps=3")
+    cfg = OmegaConf.load(tmp_path / "a" / "config.yaml")
+    assert cfg.prediction == "v" and cfg.schedule.kind == "scaled_linear" and cfg.schedule.beta_end == 0.012
+    for name in ("model", "ema"):
+        resumed = load_file(str(tmp_path / "a" / "checkpoints" / "step_00000003" / f"{name}.safetensors"))
+        straight = load_file(str(tmp_path / "b" / "checkpoints" / "step_00000003" / f"{name}.safetensors"))
+        assert resumed.keys() == straight.keys() and any("conv_in" in k for k in resumed)  # full weights
+        assert all(torch.equal(resumed[k], straight[k]) for k in resumed), name
+    from robust_gen.image.export import export_run
+
+    out = export_run(tmp_path / "a", tmp_path / "export", weights="model")
+    pipe = StableDiffusionPipeline.from_pretrained(out)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert _generate(pipe).shape == (1, 16, 16, 3)
+    with pytest.raises(FileExistsError, match="not empty"):
+        export_run(tmp_path / "a", out)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("prediction=x0", r"prediction=x0 was set explicitly .* predicts v"),
+    ("schedule.kind=cosine", r"schedule=.* was set explicitly .*scaled_linear"),
+    ("control=disentangled", r"control.mode must be 'none'"),
+])
+def test_pipeline_settings_that_contradict_it_are_errors(v_pipeline_dir, tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        _train(tmp_path / "bad", v_pipeline_dir, "trainer.max_steps=1", override)
