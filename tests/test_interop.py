@@ -167,3 +167,32 @@ def test_full_fine_tune_reads_v_prediction_resumes_exactly_and_exports(v_pipelin
 def test_pipeline_settings_that_contradict_it_are_errors(v_pipeline_dir, tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
         _train(tmp_path / "bad", v_pipeline_dir, "trainer.max_steps=1", override)
+
+
+@pytest.mark.parametrize("model", ["unet_tiny", "dit_tiny"])
+def test_class_conditional_run_exports_as_a_pipeline_diffusers_loads(tmp_path, model):
+    from diffusers import DiffusionPipeline
+
+    from robust_gen.image.build import load_run
+    from robust_gen.image.export import export_run
+    from robust_gen.image.pipeline import ClassConditionalPipeline
+
+    overrides = ["data.limit=12", "data.resolution=8", "trainer.batch_size=4", "trainer.progress=false",
+                 "trainer.tensorboard=false", "trainer.warmup_steps=0", "samples.num_per_class=1",
+                 "sampler.num_steps=2", "trainer.max_steps=2", "autoencoder=none", f"model={model}", "prediction=v"]
+    if model == "unet_tiny":
+        overrides += ["model.backbone.block_out_channels=[16,32]", "model.backbone.attention_head_dim=2"]
+    TRAIN.train(compose_config("image", "train", overrides), tmp_path / "run")
+    out = export_run(tmp_path / "run", tmp_path / "export")
+    pipe = DiffusionPipeline.from_pretrained(out)
+    assert type(pipe) is ClassConditionalPipeline and pipe.vae is None
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    # the exported networks compute what the run's do
+    task = load_run(tmp_path / "run")[0]
+    x, t, labels = torch.randn(2, 1, 8, 8), torch.tensor([3, 700]), torch.tensor([1, 10])
+    with torch.no_grad():
+        expected = task.denoiser(x, t, context=task.conditioner(labels=labels).tokens)
+        got = pipe._predict(x, t, pipe.class_embedding(labels))
+    assert torch.allclose(expected, got, atol=1e-6)
+    images = pipe([0, 9], num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert images.shape == (2, 8, 8, 1) and ((images >= 0) & (images <= 1)).all()

@@ -210,7 +210,7 @@ def add_lora(
     ...     "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), layers_per_block=1,
     ...     norm_num_groups=4, cross_attention_dim=8, attention_head_dim=2, sample_size=8)
     >>> _ = add_lora(unet, rank=2, alpha=2.0, target_modules=["to_q", "to_v"])
-    >>> sorted({k.split(".")[-2] for k in unet.state_dict() if "lora" in k})
+    >>> sorted({k.split(".")[-3] for k in unet.state_dict() if "lora" in k})
     ['lora_A', 'lora_B']
     >>> all("lora" in n for n, p in unet.named_parameters() if p.requires_grad)
     True
