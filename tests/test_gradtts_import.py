@@ -137,3 +137,46 @@ def test_bad_checkpoints_are_named():
     with pytest.raises(ValueError, match="unexpected"):
         load_authors_model({**state, "encoder.extra.weight": torch.zeros(1)})
     assert math.isfinite(META["single"]["diffusion_loss"])
+
+
+def _load_script(path: Path, name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_import_cli_then_synthesize_and_fine_tune(tmp_path, monkeypatch, one_thread):
+    from robust_gen.training.checkpoint import load_latest_checkpoint
+    from robust_gen.training.recipe import compose_config, register_resolvers
+
+    register_resolvers()
+    monkeypatch.setenv("ROBUST_GEN_CACHE", str(tmp_path / "cache"))
+    checkpoint = tmp_path / "grad-tts-tiny.pt"
+    torch.save(authors_state("multi"), checkpoint)  # their format: torch.save(model.state_dict())
+    (tmp_path / "speakers.txt").write_text("gb_f2\nus_f1\nus_m1\n")  # the espeak data's ids (sorted names)
+    out = tmp_path / "imported"
+    _load_script(ROOT / "tools" / "import_gradtts.py", "import_gradtts").main(
+        [str(checkpoint), str(out), "--speakers", str(tmp_path / "speakers.txt")])
+    synthesize = _load_script(ROOT / "recipes" / "tts" / "synthesize.py", "tts_synthesize_import")
+    rows = synthesize.synthesize(compose_config("tts", "synthesize", [
+        f"run_dir={out}", "text=Hello there.", "speaker=us_m1", "n_timesteps=2", "vocoder.n_iter=2", "plots=false"]))
+    assert len(rows) == 1 and rows[0]["frames"] > 0
+    train = _load_script(ROOT / "recipes" / "tts" / "train.py", "tts_train_import")
+    overrides = [f"init_from={out}", "data.voices=[us_f1,us_m1,gb_f2]", "data.utterances_per_voice=2",
+                 "trainer.max_steps=1", "trainer.batch_size=2", "trainer.tensorboard=false", "trainer.progress=false",
+                 "segment_seconds=0.25", "samples.texts=[]", "loss=pseudo_huber"]
+    train.train(compose_config("tts", "train", overrides), tmp_path / "fine")
+    tuned = load_latest_checkpoint(tmp_path / "fine" / "checkpoints")
+    assert tuned.step == 1 and "decoder_attention_padding: include" in tuned.config_yaml
+    start = convert_state_dict(authors_state("multi"))
+    moved = tuned.tensors["model"]["model.encoder.proj_mu.weight"]
+    assert moved.shape == start["encoder.proj_mu.weight"].shape
+    assert 0 < (moved - start["encoder.proj_mu.weight"]).abs().max() < 0.1  # one step away from the import
+    with pytest.raises(ValueError, match="same speaker ids"):
+        train.train(compose_config("tts", "train", [*overrides, "data.voices=[us_f1,us_m1]"]), tmp_path / "bad")

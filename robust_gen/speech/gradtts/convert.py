@@ -29,7 +29,14 @@ import torch
 
 from robust_gen.speech.gradtts.model import GradTTS
 
-__all__ = ["AUTHORS_DECODER_HEADS", "convert_state_dict", "infer_config", "load_authors_model", "read_state_dict"]
+__all__ = [
+    "AUTHORS_DECODER_HEADS",
+    "convert_state_dict",
+    "infer_config",
+    "load_authors_model",
+    "read_state_dict",
+    "write_imported_run",
+]
 
 log = logging.getLogger(__name__)
 
@@ -193,3 +200,69 @@ def load_authors_model(
     log.info("imported Grad-TTS: %d parameters, %d speaker(s), encoder conditioned: %s",
              sum(p.numel() for p in model.parameters()), config["n_speakers"], config["condition_encoder"])
     return model.eval(), config
+
+
+def write_imported_run(
+    model: GradTTS, config: dict[str, Any], out_dir: str | Path, *, speakers: list[str] | None = None,
+    source: str = "",
+) -> Path:
+    """Write ``model`` as a tts run folder: ``config.yaml`` (the tts recipe's config with this model and its
+    speaker ids) and ``checkpoints/step_00000000`` (model and EMA weights: the same tensors).
+
+    ``recipes/tts/synthesize.py run_dir=OUT_DIR`` reads it, and ``recipes/tts/train.py init_from=OUT_DIR`` starts
+    fine-tuning from its weights. ``speakers`` names the speaker ids in order (default ``"0"``, ``"1"``, ...).
+    """
+    from omegaconf import OmegaConf, open_dict
+
+    from robust_gen.training.checkpoint import save_checkpoint
+    from robust_gen.training.recipe import compose_config, write_resolved_config
+
+    out_dir = Path(out_dir)
+    if (out_dir / "checkpoints").exists():
+        raise FileExistsError(f"{out_dir} already holds checkpoints: import into a new folder")
+    names = list(speakers) if speakers is not None else [str(i) for i in range(model.n_speakers)]
+    if len(names) != model.n_speakers or len(set(names)) != len(names):
+        raise ValueError(f"need {model.n_speakers} distinct speaker names, got {len(names)} ({len(set(names))} distinct)")
+    cfg = compose_config("tts", "train", ["model=gradtts_paper"])
+    with open_dict(cfg):
+        cfg.model = OmegaConf.create({"_target_": "robust_gen.speech.gradtts.model.GradTTS",
+                                      **{k: v for k, v in config.items() if k != "n_speakers"}})
+        cfg.speaker_ids = {name: i for i, name in enumerate(names)}
+        cfg.imported_from = str(source)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_yaml = write_resolved_config(cfg, out_dir)
+    weights = {f"model.{k}": v.detach().cpu() for k, v in model.state_dict().items()}
+    ema = {**{f"module.{k}": v for k, v in weights.items()}, "n_averaged": torch.tensor(0, dtype=torch.long)}
+    save_checkpoint(out_dir / "checkpoints", 0, tensors={"model": weights, "ema": ema},
+                    state={"imported_from": str(source)}, config_yaml=config_yaml)
+    return out_dir
+
+
+def start_from_run(cfg: Any, speakers: dict[str, int]) -> dict[str, torch.Tensor] | None:
+    """For ``init_from=<run dir>`` in the tts recipe: take the model settings of that run (an imported checkpoint
+    or any tts run) into ``cfg.model`` and return its EMA weights (None without ``init_from``).
+
+    The data's speakers must be the run's (same names and ids), so that every speaker keeps its embedding row.
+    """
+    from omegaconf import open_dict
+
+    from robust_gen.speech.synthesis import load_trained
+
+    source = cfg.get("init_from")
+    if not source:
+        return None
+    trained = load_trained(source, use_ema=True)
+    if dict(speakers) != dict(trained.speakers):
+        if len(speakers) == len(trained.speakers) == 1:
+            log.info("init_from %s: its one speaker stands for this data's %s", source, next(iter(speakers)))
+        else:
+            raise ValueError(f"init_from={source} was trained with speakers {_describe(trained.speakers)} but the "
+                             f"data has {_describe(speakers)}: fine-tune on data with the same speaker ids")
+    with open_dict(cfg):
+        cfg.model = trained.config.model
+    return trained.model.state_dict()
+
+
+def _describe(speakers: dict[str, int]) -> str:
+    names = sorted(speakers, key=speakers.get)
+    return f"{len(names)} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
