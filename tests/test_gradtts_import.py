@@ -180,3 +180,29 @@ def test_import_cli_then_synthesize_and_fine_tune(tmp_path, monkeypatch, one_thr
     assert 0 < (moved - start["encoder.proj_mu.weight"]).abs().max() < 0.1  # one step away from the import
     with pytest.raises(ValueError, match="same speaker ids"):
         train.train(compose_config("tts", "train", [*overrides, "data.voices=[us_f1,us_m1]"]), tmp_path / "bad")
+
+
+def test_authors_hifigan_in_speechbrains_generator(tmp_path):
+    from speechbrain.lobes.models.HifiGAN import HifiganGenerator
+
+    from robust_gen.speech.gradtts.convert import hifigan_generator_kwargs, write_authors_hifigan
+    from robust_gen.speech.vocoder import SpeechBrainHifiGan
+
+    meta = json.loads((FIXTURE.parent / "hifigan_reference.json").read_text())
+    tensors = load_file(str(FIXTURE.parent / "hifigan_reference.safetensors"))
+    generator = torch.Generator().manual_seed(meta["weight_seed"])
+    state = {key: (torch.rand(shape, generator=generator) + 0.5 if key.endswith("weight_g")
+                   else torch.randn(shape, generator=generator) * 0.1) for key, shape in meta["keys"]}
+    torch.save({"generator": state}, tmp_path / "hifigan.pt")  # the authors' format
+    folder = write_authors_hifigan(tmp_path / "hifigan.pt", tmp_path / "vocoder", meta["config"])
+    net = HifiganGenerator(**hifigan_generator_kwargs(meta["config"])).eval()
+    from robust_gen.speech.gradtts.convert import convert_hifigan_state_dict, zero_padding_like_original
+
+    net.load_state_dict(convert_hifigan_state_dict(state))
+    with torch.no_grad():
+        reflect = net(tensors["mel"])  # SpeechBrain's own reflection padding
+        exact = zero_padding_like_original(net)(tensors["mel"])
+    assert torch.allclose(exact, tensors["wav"], atol=TOL)
+    assert not torch.allclose(reflect, tensors["wav"], atol=1e-3)  # near the edges (here 6 frames are all edge)
+    vocoder = SpeechBrainHifiGan(folder, savedir=tmp_path / "save")  # loads offline through from_hparams
+    assert vocoder(tensors["mel"]).shape[-1] == tensors["mel"].shape[-1] * 256

@@ -1,4 +1,5 @@
-"""Import the Grad-TTS authors' released checkpoints (huawei-noah/Speech-Backbones, ``Grad-TTS/checkpts``).
+"""Import the Grad-TTS authors' released checkpoints (huawei-noah/Speech-Backbones, ``Grad-TTS/checkpts``), and
+the HiFi-GAN vocoder they ship, into SpeechBrain's ``HifiganGenerator`` (:func:`write_authors_hifigan`).
 
 Their checkpoints are ``torch.save(model.state_dict())`` of their ``GradTTS``: single-speaker LJSpeech
 (``grad-tts.pt``, 14,835,032 parameters) and the 247-speaker LibriTTS model (``grad-tts-libri-tts.pt``,
@@ -31,11 +32,17 @@ from robust_gen.speech.gradtts.model import GradTTS
 
 __all__ = [
     "AUTHORS_DECODER_HEADS",
+    "AUTHORS_HIFIGAN_CONFIG",
+    "convert_hifigan_state_dict",
     "convert_state_dict",
+    "hifigan_generator_kwargs",
     "infer_config",
     "load_authors_model",
     "read_state_dict",
+    "start_from_run",
+    "write_authors_hifigan",
     "write_imported_run",
+    "zero_padding_like_original",
 ]
 
 log = logging.getLogger(__name__)
@@ -266,3 +273,90 @@ def start_from_run(cfg: Any, speakers: dict[str, int]) -> dict[str, torch.Tensor
 def _describe(speakers: dict[str, int]) -> str:
     names = sorted(speakers, key=speakers.get)
     return f"{len(names)} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+
+
+# ---------------------------------------------------------------------------------------------------- HiFi-GAN
+#: The authors' checkpts/hifigan-config.json (HiFi-GAN V1, Kong et al. 2020), for their hifigan.pt.
+AUTHORS_HIFIGAN_CONFIG = {
+    "resblock": "1", "upsample_rates": [8, 8, 2, 2], "upsample_kernel_sizes": [16, 16, 4, 4],
+    "upsample_initial_channel": 512, "resblock_kernel_sizes": [3, 7, 11],
+    "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]], "num_mels": 80,
+}  # fmt: skip
+
+
+def hifigan_generator_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+    """SpeechBrain ``HifiganGenerator`` arguments for a HiFi-GAN config in the original (jik876) format.
+
+    Examples
+    --------
+    >>> hifigan_generator_kwargs(AUTHORS_HIFIGAN_CONFIG)["upsample_factors"]
+    [8, 8, 2, 2]
+    """
+    return {
+        "in_channels": int(config.get("num_mels", 80)), "out_channels": 1, "resblock_type": str(config["resblock"]),
+        "resblock_dilation_sizes": [list(d) for d in config["resblock_dilation_sizes"]],
+        "resblock_kernel_sizes": list(config["resblock_kernel_sizes"]),
+        "upsample_kernel_sizes": list(config["upsample_kernel_sizes"]),
+        "upsample_initial_channel": int(config["upsample_initial_channel"]),
+        "upsample_factors": list(config["upsample_rates"]),
+    }  # fmt: skip
+
+
+def convert_hifigan_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The original HiFi-GAN generator's state dict (weight-normed ``weight_g`` / ``weight_v``, as in the authors'
+    ``hifigan.pt["generator"]``) under SpeechBrain ``HifiganGenerator``'s names (its convolutions sit in a ``conv``
+    wrapper and use parametrized weight norm: ``original0`` = g, ``original1`` = v). The architectures are the
+    same (layers, shapes, activations); one difference is SpeechBrain's: its "same" convolutions pad by
+    reflection where the original pads with zeros, which changes the first and last few output samples of an
+    utterance. :func:`zero_padding_like_original` switches a generator to zero padding (then the output is the
+    original's to float rounding).
+
+    Examples
+    --------
+    >>> sorted(convert_hifigan_state_dict({"conv_pre.weight_g": torch.ones(1), "conv_pre.bias": torch.ones(1)}))
+    ['conv_pre.conv.bias', 'conv_pre.conv.parametrizations.weight.original0']
+    """
+    suffixes = {".weight_g": ".conv.parametrizations.weight.original0",
+                ".weight_v": ".conv.parametrizations.weight.original1", ".bias": ".conv.bias"}
+    out = {}
+    for key, value in state.items():
+        for old, new in suffixes.items():
+            if key.endswith(old):
+                out[key[: -len(old)] + new] = value
+                break
+        else:
+            raise ValueError(f"unexpected HiFi-GAN key {key!r}: expected weight-normed convolutions (weight_g, "
+                             "weight_v, bias), as saved before remove_weight_norm()")
+    return out
+
+
+def zero_padding_like_original(generator: torch.nn.Module) -> torch.nn.Module:
+    """Make a SpeechBrain ``HifiganGenerator``'s "same" convolutions pad with zeros, as the original HiFi-GAN.
+
+    Examples
+    --------
+    >>> from speechbrain.nnet.CNN import Conv1d
+    >>> zero_padding_like_original(torch.nn.Sequential(Conv1d(4, 3, in_channels=2)))[0].padding_mode
+    'constant'
+    """
+    from speechbrain.nnet.CNN import Conv1d
+
+    for module in generator.modules():
+        if isinstance(module, Conv1d) and module.padding == "same":
+            module.padding_mode = "constant"  # F.pad's name for zero padding
+    return generator
+
+
+def write_authors_hifigan(
+    checkpoint: str | Path, out_dir: str | Path, config: dict[str, Any] | None = None
+) -> Path:
+    """Write the authors' HiFi-GAN (``hifigan.pt``: ``{"generator": state_dict}``) as a local SpeechBrain HiFi-GAN
+    folder for ``vocoder.kind=hifigan vocoder.source=<out_dir>``; ``config`` defaults to their hifigan-config.json."""
+    from robust_gen.speech.vocoder import write_local_hifigan
+
+    state = torch.load(Path(checkpoint), map_location="cpu", weights_only=True)
+    state = state.get("generator", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise ValueError(f"{checkpoint} holds no HiFi-GAN generator state dict")
+    return write_local_hifigan(out_dir, hifigan_generator_kwargs(config or AUTHORS_HIFIGAN_CONFIG),
+                               convert_hifigan_state_dict(state))
