@@ -138,7 +138,7 @@ def test_full_fine_tune_reads_v_prediction_resumes_exactly_and_exports(v_pipelin
     from diffusers import StableDiffusionPipeline
     from omegaconf import OmegaConf
 
-    full = ["model.lora.rank=0", "trainer.checkpoint_every=1"]
+    full = ["model.lora.rank=0", "trainer.checkpoint_every=1", "cep=uniform"]
     _train(tmp_path / "a", v_pipeline_dir, *full, "trainer.max_steps=2")
     _train(tmp_path / "a", v_pipeline_dir, *full, "trainer.max_steps=3")
     _train(tmp_path / "b", v_pipeline_dir, *full, "trainer.max_steps=3")
@@ -196,3 +196,22 @@ def test_class_conditional_run_exports_as_a_pipeline_diffusers_loads(tmp_path, m
     assert torch.allclose(expected, got, atol=1e-6)
     images = pipe([0, 9], num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
     assert images.shape == (2, 8, 8, 1) and ((images >= 0) & (images <= 1)).all()
+
+
+def test_concept_folder_with_outliers_on_a_pipeline(pipeline_dir, tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "concepts"
+    for name, colour in (("sks_dog", "red"), ("cat", "blue"), ("car", "green")):
+        (root / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (20, 18), colour).save(root / name / f"{i}.png")
+    run = tmp_path / "concept"
+    _train(run, pipeline_dir, "data=concept", f"data.root={root}", "data.concept=sks_dog", "data.resolution=16",
+           "data.prompt=a photo of sks dog", "corruption=outliers", "corruption.ratio=0.5", "trainer.max_steps=1",
+           LORA_TARGETS)
+    manifest = json.loads((run / "corruption_manifest.json").read_text())
+    meta = json.loads((run / "image_meta.json").read_text())
+    assert len(manifest["changes"]) == 2 and meta["sample_classes"] == [2]  # folders sorted: car, cat, sks_dog
+    assert all(c["after"]["source"] < 8 for c in manifest["changes"])  # a car or cat image under the concept
+    assert set(meta["captions"]) == {"a photo of sks dog"}

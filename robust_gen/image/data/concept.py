@@ -14,11 +14,14 @@ __all__ = ["concept_label"]
 
 def concept_label(data_cfg: Any, class_names: list[str]) -> int | None:
     """The class index of ``data_cfg["concept"]`` (a sub-folder name) among ``class_names``; None without one.
+    The folder source reads underscores in folder names as spaces; either spelling is accepted.
 
     Examples
     --------
     >>> concept_label({"concept": "dog"}, ["cat", "dog"]), concept_label({}, ["cat"])
     (1, None)
+    >>> concept_label({"concept": "sks_dog"}, ["cat", "sks dog"])
+    1
     >>> concept_label({"concept": "cow"}, ["cat", "dog"])
     Traceback (most recent call last):
     ...
@@ -27,6 +30,7 @@ def concept_label(data_cfg: Any, class_names: list[str]) -> int | None:
     name = data_cfg.get("concept") if hasattr(data_cfg, "get") else None
     if name is None:
         return None
-    if name not in class_names:
-        raise ValueError(f"data.concept={name!r} is not a sub-folder of data.root; the folders are {class_names}")
-    return class_names.index(name)
+    for spelling in (str(name), str(name).replace("_", " ")):
+        if spelling in class_names:
+            return class_names.index(spelling)
+    raise ValueError(f"data.concept={name!r} is not a sub-folder of data.root; the folders are {class_names}")
