@@ -214,4 +214,4 @@ def test_concept_folder_with_outliers_on_a_pipeline(pipeline_dir, tmp_path):
     meta = json.loads((run / "image_meta.json").read_text())
     assert len(manifest["changes"]) == 2 and meta["sample_classes"] == [2]  # folders sorted: car, cat, sks_dog
     assert all(c["after"]["source"] < 8 for c in manifest["changes"])  # a car or cat image under the concept
-    assert set(meta["captions"]) == {"a photo of sks dog"}
+    assert {c["after"]["caption"] for c in manifest["changes"]} == {"a photo of sks dog"}  # outliers get the prompt
