@@ -138,7 +138,15 @@ def test_class_conditional_run_exports_as_a_pipeline_diffusers_loads(tmp_path, m
     if model == "unet_tiny":
         overrides += ["model.backbone.block_out_channels=[16,32]", "model.backbone.attention_head_dim=2"]
     TRAIN.train(compose_config("image", "train", overrides), tmp_path / "run")
-    out = export_run(tmp_path / "run", tmp_path / "export")
+    if model == "unet_tiny":  # the command line
+        spec = importlib.util.spec_from_file_location("export_tool", ROOT / "tools" / "export.py")
+        tool = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(tool)
+        tool.main([str(tmp_path / "run"), str(tmp_path / "export"), "--checkpoint", "2"])
+        out = tmp_path / "export"
+        assert json.loads((out / "robust_gen_export.json").read_text())["step"] == 2
+    else:
+        out = export_run(tmp_path / "run", tmp_path / "export")
     pipe = DiffusionPipeline.from_pretrained(out)
     assert type(pipe) is ClassConditionalPipeline and pipe.vae is None
     assert pipe.scheduler.config.prediction_type == "v_prediction"
