@@ -178,3 +178,16 @@ def test_concept_folder_with_outliers_on_a_pipeline(pipeline_dir, tmp_path):
     assert len(manifest["changes"]) == 2 and meta["sample_classes"] == [2]  # folders sorted: car, cat, sks_dog
     assert all(c["after"]["source"] < 8 for c in manifest["changes"])  # a car or cat image under the concept
     assert {c["after"]["caption"] for c in manifest["changes"]} == {"a photo of sks dog"}  # outliers get the prompt
+
+
+def test_class_conditional_lora_fine_tune_of_a_pipeline_exports_fused(pipeline_dir, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    from robust_gen.image.export import export_run
+
+    _train(tmp_path / "run", pipeline_dir, "condition=class", "trainer.max_steps=1", "samples.num_per_class=1",
+           LORA_TARGETS)
+    pipe = DiffusionPipeline.from_pretrained(export_run(tmp_path / "run", tmp_path / "export"))
+    assert not any("lora" in k for k in pipe.denoiser.state_dict())  # fused into plain weights
+    images = pipe([3], num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert images.shape == (1, 16, 16, 1)

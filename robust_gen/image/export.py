@@ -60,11 +60,11 @@ def _fused_unet(unet: torch.nn.Module) -> tuple[torch.nn.Module, dict[str, torch
     return unet, lora
 
 
-def _stable_diffusion(task, autoencoder, cfg, folder: Path) -> dict:
+def _stable_diffusion(task, autoencoder, cfg, folder: Path, lora: dict | None) -> dict:
     from diffusers import StableDiffusionPipeline
 
     model = cfg.model
-    unet, lora = _fused_unet(task.denoiser.backbone)
+    unet = task.denoiser.backbone
     conditioner = task.conditioner
     pipe = StableDiffusionPipeline(
         vae=autoencoder.model, text_encoder=conditioner.text_model, tokenizer=conditioner.tokenizer, unet=unet,
@@ -96,9 +96,10 @@ def export_run(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
+        lora = _fused_unet(task.denoiser.backbone)[1] if is_pretrained(cfg.model) else None
         if is_pretrained(cfg.model) and kind == "pipeline":
-            info = _stable_diffusion(task, autoencoder, cfg, staging)
-        elif kind == "class":
+            info = _stable_diffusion(task, autoencoder, cfg, staging, lora)
+        elif kind == "class":  # a class-conditional fine-tune of a pretrained U-Net too (its LoRA fused)
             from robust_gen.image.pipeline import save_class_pipeline
 
             info = save_class_pipeline(task, autoencoder, meta, cfg, staging)
