@@ -55,3 +55,26 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def _tiny_pipeline_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent / "tests" / "helpers" / "tiny_pipeline.py"
+    spec = importlib.util.spec_from_file_location("tiny_pipeline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_builder():
+    """``build(folder, prediction_type="epsilon")``: save a tiny StableDiffusionPipeline (tests/helpers)."""
+    return _tiny_pipeline_module().build_tiny_pipeline
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory, tiny_pipeline_builder):
+    """A tiny StableDiffusionPipeline folder (U-Net, VAE, CLIP text model, generated tokenizer), saved once."""
+    return tiny_pipeline_builder(tmp_path_factory.mktemp("sd") / "tiny_sd")

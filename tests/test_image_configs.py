@@ -17,6 +17,7 @@ from robust_gen.image.data.dataset import CONTROL_NAMES
 from robust_gen.image.model.autoencoder import _build_small
 from robust_gen.image.model.conditioners import build_conditioner
 from robust_gen.image.model.denoiser import build_denoiser, count_parameters
+from robust_gen.image.model.pretrained import configure_pretrained
 from robust_gen.image.sampling import get_image_sampler
 from robust_gen.training.recipe import CONFIG_ROOT, compose_config, register_resolvers, trainer_config
 
@@ -26,7 +27,7 @@ TRAIN_GROUPS = {"data", "autoencoder", "model", "condition", "control", "cep", "
 GROUP_FILES = sorted(p for p in IMAGE.glob("*/*.yaml") if p.parent.name in TRAIN_GROUPS)
 # Parameter counts the configs are meant to reproduce (millions): LDM-4 ~400M, DiT-XL/2-sized PixArt ~600M.
 EXPECTED_MILLIONS = {"unet_tiny": (0.5, 2), "unet_small": (10, 40), "ldm4": (380, 420), "dit_tiny": (0.05, 1),
-                     "dit_xl2": (550, 700)}
+                     "dit_xl2": (550, 700), "pretrained": (0.1, 0.5)}  # pretrained: the tiny test pipeline
 LATENT = {"ldm4": (3, 64), "dit_xl2": (4, 32), "unet_small": (4, 16)}
 
 
@@ -46,16 +47,27 @@ def local_data(tmp_path_factory) -> dict[str, str]:
 
 def test_every_training_group_has_options():
     assert {p.parent.name for p in GROUP_FILES} == TRAIN_GROUPS
-    assert len(GROUP_FILES) == 4 + 3 + 5 + 2 + 3 + 3 + 4
+    assert len(GROUP_FILES) == 5 + 4 + 6 + 3 + 3 + 3 + 4
+
+
+# options that read a pretrained pipeline (model=pretrained selects the pipeline's VAE and text encoder)
+PIPELINE_OPTIONS = {("model", "pretrained"), ("autoencoder", "pipeline"), ("condition", "pipeline")}
 
 
 @pytest.mark.parametrize("path", GROUP_FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
-def test_group_option_composes_and_instantiates(path: Path, local_data):
+def test_group_option_composes_and_instantiates(path: Path, local_data, tiny_pipeline_dir):
     group, option = path.parent.name, path.stem
     overrides = [f"{group}={option}", "data.limit=4", "data.resolution=16"]
     if group == "data" and option in local_data:
         overrides.append(local_data[option])
+    if group == "data" and option == "concept":
+        overrides += [local_data["folder"], "data.concept=b"]
+    pretrained = (group, option) in PIPELINE_OPTIONS
+    if pretrained:
+        overrides += ["model=pretrained", f"model.path={tiny_pipeline_dir}"]
     cfg = _compose("train", overrides)
+    if pretrained:
+        configure_pretrained(cfg)  # schedule, prediction and the cross-attention width from the pipeline
     OmegaConf.to_yaml(cfg, resolve=True)  # every interpolation resolves
     assert isinstance(instantiate(cfg.schedule), DiscreteVP)
     assert callable(instantiate(cfg.loss)) and trainer_config(cfg.trainer).max_steps >= 1
@@ -67,6 +79,12 @@ def test_group_option_composes_and_instantiates(path: Path, local_data):
         source = build_source(cfg.data)
         assert source.images.shape[1] == 16 and source.channels == cfg.data.channels
         fill_from_data(cfg, source)
+    elif group == "model" and pretrained:
+        net = build_denoiser(OmegaConf.to_container(cfg.model, resolve=True), routing="none", control_cfg={},
+                             schedule=instantiate(cfg.schedule), in_channels=4, sample_size=8,
+                             context_dim=cfg.model.cross_attention_dim, control_names=CONTROL_NAMES)
+        low, high = EXPECTED_MILLIONS[option]
+        assert low <= count_parameters(net) / 1e6 <= high and count_parameters(net, trainable_only=True) < 1e4
     elif group == "model":
         channels, size = LATENT.get(option, (4, 8))
         with torch.device("meta"):  # LDM-4 / DiT-XL/2 are built without allocating their weights
@@ -81,12 +99,14 @@ def test_group_option_composes_and_instantiates(path: Path, local_data):
                              in_channels=4, sample_size=8, context_dim=64, control_names=CONTROL_NAMES)
         assert (net.control_embedding is None) == (option == "none")
     elif group == "condition":
-        conditioner = build_conditioner(OmegaConf.to_container(cfg.condition), num_classes=10,
+        conditioner = build_conditioner(OmegaConf.to_container(cfg.condition, resolve=True), num_classes=10,
                                         dim=cfg.model.cross_attention_dim)
         assert conditioner.null(2).tokens.shape[-1] == cfg.model.cross_attention_dim
     elif group == "autoencoder" and option == "trained":
         model = _build_small(cfg.autoencoder.kind, OmegaConf.to_container(cfg.autoencoder.model), 1, 32)
         assert model.config.latent_channels == 4 and len(model.config.block_out_channels) == 3  # 32x32 -> 8x8x4
+    elif group == "autoencoder" and pretrained:
+        assert cfg.autoencoder.mode == "pretrained" and cfg.autoencoder.path == str(tiny_pipeline_dir)
     elif group == "autoencoder":
         assert cfg.autoencoder.mode == option
     elif group == "cep":

@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from robust_gen.speech.data.dataset import build_training_set, collate_tts, validate_tts_config
 from robust_gen.speech.data.mel import MelConfig
+from robust_gen.speech.gradtts.convert import start_from_run
 from robust_gen.speech.synthesis import Synthesizer, write_samples
 from robust_gen.speech.task import GradTTSTask, segment_frames_for
 from robust_gen.speech.vocoder import build_vocoder
@@ -124,9 +125,12 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     speakers = training_set.speakers
     with open_dict(cfg):
         cfg.speaker_ids = speakers  # checkpoints carry the ids, so synthesis needs nothing but the checkpoint
+    initial = start_from_run(cfg, speakers)  # init_from=<run>: its model settings and weights
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.trainer.seed)  # the initial weights are part of the run's reproducible path
         model = instantiate(cfg.model, n_speakers=len(speakers))
+    if initial is not None:
+        model.load_state_dict(initial)
     segment = segment_frames_for(cfg.segment_seconds, mel_config.sample_rate, mel_config.hop_length,
                                  model.frame_multiple)  # fmt: skip
     task = GradTTSTask(model, instantiate(cfg.loss), segment_frames=segment)

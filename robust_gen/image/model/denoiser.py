@@ -5,7 +5,9 @@ Backbones (``model.arch``):
 * ``unet``: ``UNet2DConditionModel``, from a ~1M-parameter CPU model to the paper's LDM-4 (Chen et al. 2024:
   block_out_channels 192 x (1, 2, 3, 5), attention at the three lower resolutions, cross-attention dim 512);
 * ``dit``: ``PixArtTransformer2DModel``, DiT blocks (Peebles & Xie 2023) with cross-attention and adaLN-single
-  (PixArt-alpha), so that class tokens and text tokens reach it the same way; DiT-XL/2 sizes in the configs.
+  (PixArt-alpha), so that class tokens and text tokens reach it the same way; DiT-XL/2 sizes in the configs;
+* ``pretrained``: the ``UNet2DConditionModel`` of a pretrained pipeline, in full or with LoRA adapters
+  (:mod:`robust_gen.image.model.pretrained`).
 
 Condition routing (``control.mode``; Berrada et al. 2024, papers.md §3):
 
@@ -31,7 +33,7 @@ from robust_gen.diffusion.schedules import NoiseSchedule
 
 __all__ = ["ARCHS", "ROUTINGS", "Denoiser", "build_backbone", "build_denoiser", "count_parameters"]
 
-ARCHS = ("unet", "dit")
+ARCHS = ("unet", "dit", "pretrained")
 ROUTINGS = ("none", "disentangled", "entangled")
 
 
@@ -89,6 +91,12 @@ def _construct_backbone(
     if "gradient_checkpointing" in kwargs:  # not a constructor argument: diffusers would reject it obscurely
         raise ValueError("gradient_checkpointing is a model setting, not a backbone argument: set "
                          "model.gradient_checkpointing instead of model.backbone.gradient_checkpointing")
+    if arch == "pretrained":
+        if added_dim:
+            raise ValueError("a pretrained U-Net takes no control embedding: use control=none")
+        from robust_gen.image.model.pretrained import load_unet
+
+        return load_unet(model_cfg, in_channels=in_channels, context_dim=context_dim)
     if arch == "unet":
         from diffusers import UNet2DConditionModel
 
@@ -184,7 +192,7 @@ class Denoiser(nn.Module):
             if self.routing == "entangled":
                 added = _pool(context, context_mask) + added
                 context, context_mask = added[:, None, :], None
-        if self.arch == "unet":
+        if self.arch in ("unet", "pretrained"):
             return self.backbone(
                 x_t, t, encoder_hidden_states=context, class_labels=added, encoder_attention_mask=context_mask
             ).sample

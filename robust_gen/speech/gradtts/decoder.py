@@ -15,9 +15,11 @@ Output: Grad-TTS's network outputs the score ``s`` and trains ``s * std + z``. H
 raw output and :class:`robust_gen.speech.gradtts.model.GradTTS` converts it to the noise estimate the core objective
 and samplers expect (``eps = -s * std`` for ``output="score"``, or the raw output for ``output="eps"``).
 
-One deliberate difference: the linear attention's key softmax ignores padded frames (the original normalises
-over the padding too), so a mel's estimate does not depend on how much padding its batch has at that step. It
-adds no parameters; with no padding it computes exactly the original.
+One deliberate difference, on by default (``attention_padding="ignore"``): the linear attention's key softmax
+ignores padded frames (the original normalises over the padding too), so a mel's estimate does not depend on how
+much padding its batch has at that step. It adds no parameters; with no padding it computes exactly the original.
+``attention_padding="include"`` computes the original's softmax over every frame, padded or not: the setting for
+the authors' released weights run exactly as they were trained (:mod:`robust_gen.speech.gradtts.convert`).
 """
 
 from __future__ import annotations
@@ -124,9 +126,13 @@ class LinearAttention(nn.Module):
     True
     """
 
-    def __init__(self, dim: int, heads: int = 4, head_dim: int = 32) -> None:
+    PADDING = ("ignore", "include")
+
+    def __init__(self, dim: int, heads: int = 4, head_dim: int = 32, padding: str = "ignore") -> None:
         super().__init__()
-        self.heads, self.head_dim = heads, head_dim
+        if padding not in self.PADDING:
+            raise ValueError(f"attention padding must be one of {self.PADDING}, got {padding!r}")
+        self.heads, self.head_dim, self.padding = heads, head_dim, padding
         hidden = heads * head_dim
         self.to_qkv = nn.Conv2d(dim, hidden * 3, 1, bias=False)
         self.to_out = nn.Conv2d(hidden, dim, 1)
@@ -135,8 +141,10 @@ class LinearAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = x.shape
         q, k, v = self.to_qkv(x).reshape(batch, 3, self.heads, self.head_dim, height * width).unbind(1)
-        keep = torch.broadcast_to(mask, (batch, 1, height, width)).reshape(batch, 1, 1, height * width) > 0
-        k = k.masked_fill(~keep, float("-inf")).softmax(dim=-1)
+        if self.padding == "ignore":
+            keep = torch.broadcast_to(mask, (batch, 1, height, width)).reshape(batch, 1, 1, height * width) > 0
+            k = k.masked_fill(~keep, float("-inf"))
+        k = k.softmax(dim=-1)
         context = torch.einsum("bhdn,bhen->bhde", k, v)
         out = torch.einsum("bhde,bhdn->bhen", context, q).reshape(batch, -1, height, width)
         return x + self.gate * self.to_out(out)
@@ -159,6 +167,9 @@ class ScoreUNet(nn.Module):
         Width of the speaker embedding given to :meth:`forward` (0: single-speaker, two input channels).
     pe_scale:
         Scale of ``t`` in the sinusoidal embedding (Grad-TTS: 1000, for ``t`` in [0, 1]).
+    attention_padding:
+        ``"ignore"`` (default): the linear attention's softmax skips padded frames; ``"include"``: over every
+        frame, as the authors' code (module docstring).
     gradient_checkpointing:
         In training mode with gradients on, run each resolution level (two ResNet blocks and the attention) under
         activation checkpointing: only the levels' inputs are stored, the rest is recomputed in the backward pass
@@ -184,6 +195,7 @@ class ScoreUNet(nn.Module):
         attention_heads: int = 4,
         attention_head_dim: int = 32,
         gradient_checkpointing: bool = False,
+        attention_padding: str = "ignore",
     ) -> None:
         super().__init__()
         self.gradient_checkpointing = bool(gradient_checkpointing)
@@ -205,7 +217,7 @@ class ScoreUNet(nn.Module):
         stages = list(itertools.pairwise(widths))
 
         def attention(width: int) -> LinearAttention:
-            return LinearAttention(width, attention_heads, attention_head_dim)
+            return LinearAttention(width, attention_heads, attention_head_dim, attention_padding)
 
         self.downs = nn.ModuleList()
         for index, (width_in, width_out) in enumerate(stages):

@@ -21,10 +21,13 @@ Score vs noise: Grad-TTS's decoder outputs the score ``s`` and is trained on ``(
 ``output="score"`` (the default, the paper's network) applies that conversion, ``output="eps"`` lets the network
 predict ``eps`` directly (a better-conditioned target for short CPU runs: the score grows like ``1 / std``).
 
-Parameter count (default construction, one speaker, 149 tokens): 14.84M, the paper's 14.8M (text encoder
-7.20M of which 0.35M duration predictor, decoder 7.64M). Several speakers add the 64-d embedding table (64 per
-speaker) and the decoder's speaker MLP and third input channel (37.8k): 14.87M for 10 speakers; conditioning the
-encoder too widens its transformer to 256 channels (17.39M for 10 speakers).
+Parameter count (default construction, one speaker, 149 tokens): 14,835,032, the paper's 14.8M and exactly the
+authors' released LJSpeech model (text encoder 7.20M of which 0.35M duration predictor, decoder 7.64M). Several
+speakers add the 64-d embedding table (64 per speaker) and the decoder's speaker MLP and third input channel:
+14,888,680 at 247 speakers, exactly the authors' released LibriTTS model, whose text encoder does NOT see the
+speaker (their ``GradTTS`` builds its ``TextEncoder`` without ``n_spks``). ``condition_encoder=True`` (an option,
+off by default) also concatenates the speaker embedding to the encoder's tokens, widening its transformer to 256
+channels (17.39M for 10 speakers).
 """
 
 from __future__ import annotations
@@ -41,15 +44,18 @@ from robust_gen.speech.gradtts.decoder import ScoreUNet, fix_len_compatibility
 from robust_gen.speech.gradtts.text_encoder import TextEncoder, sequence_mask
 
 __all__ = [
+    "LENGTH_ROUNDINGS",
     "OUTPUTS",
     "GradTTS",
     "duration_loss_per_sample",
     "durations_to_path",
     "prior_log_likelihood",
     "prior_loss_per_sample",
+    "synthesis_durations",
 ]
 
 OUTPUTS = ("score", "eps")
+LENGTH_ROUNDINGS = ("scale_total", "per_token")
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -122,6 +128,38 @@ def durations_to_path(durations: torch.Tensor, t_mel: int) -> torch.Tensor:
     return ((frames >= starts[:, :, None]) & (frames < ends[:, :, None])).to(torch.float32)
 
 
+def synthesis_durations(
+    log_durations: torch.Tensor, x_mask: torch.Tensor, length_scale: float = 1.0, rounding: str = "scale_total"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer frames per token ``[B, T_text]`` and mel lengths ``[B]`` from predicted log-durations.
+
+    ``rounding="scale_total"`` (default; the authors' inference): ``w = ceil(exp(logw)) * length_scale``; token
+    ``i`` ends at frame ``ceil(sum_{k<=i} w_k)`` and the mel has ``floor(sum w)`` frames, so the total length scales
+    by ``length_scale`` and the rounding is spread over the tokens. ``"per_token"``: ``ceil(exp(logw) *
+    length_scale)`` per token, which rounds every token up (at 0.91 on a 40-token text: 174 frames where the
+    authors' gives 171). With ``length_scale = 1`` both are ``ceil(exp(logw))``.
+
+    Examples
+    --------
+    >>> logw, mask = torch.log(torch.tensor([[[1.0, 1.0, 1.0, 1.0]]])), torch.ones(1, 1, 4)
+    >>> d, n = synthesis_durations(logw, mask, 0.5)
+    >>> d.tolist(), n.tolist()  # ends at ceil(0.5), ceil(1.0), ceil(1.5), ceil(2.0); floor(2.0) frames
+    ([[1, 0, 1, 0]], [2])
+    >>> synthesis_durations(logw, mask, 0.5, "per_token")[0].tolist()
+    [[1, 1, 1, 1]]
+    """
+    if rounding not in LENGTH_ROUNDINGS:
+        raise ValueError(f"length rounding must be one of {LENGTH_ROUNDINGS}, got {rounding!r}")
+    w = torch.exp(log_durations) * x_mask
+    if rounding == "per_token":
+        durations = torch.ceil(w * length_scale).squeeze(1).long()
+        return durations, durations.sum(dim=1).clamp(min=1)
+    scaled = (torch.ceil(w) * length_scale).squeeze(1)
+    ends = torch.ceil(torch.cumsum(scaled, dim=1)).long()
+    durations = torch.diff(ends, dim=1, prepend=torch.zeros_like(ends[:, :1]))
+    return durations, torch.floor(scaled.sum(dim=1)).long().clamp(min=1)
+
+
 class GradTTS(nn.Module):
     """Grad-TTS: the paper's architecture by default (14.8M parameters with one speaker).
 
@@ -143,12 +181,16 @@ class GradTTS(nn.Module):
     speaker_dim:
         Speaker embedding width (64), used when ``n_speakers > 1``.
     condition_encoder:
-        Multi-speaker only: also concatenate the speaker embedding to the text encoder's tokens (what the
-        authors' code does); ``False`` gives the speaker to the decoder alone (the paper's description).
+        Multi-speaker only: also concatenate the speaker embedding to the text encoder's tokens (an option the
+        authors' ``TextEncoder`` has, but their released multi-speaker model does not use); ``False`` (default)
+        gives the speaker to the decoder alone, as the paper describes and the released LibriTTS model does.
     beta_min, beta_max:
         Noise schedule ``beta(t) = beta_min + (beta_max - beta_min) t`` (0.05, 20).
     output:
         ``"score"`` (the paper's network output, converted to noise as ``eps = -s * std``) or ``"eps"``.
+    decoder_attention_padding:
+        ``"ignore"`` (default: padded frames do not enter the decoder's linear-attention softmax) or
+        ``"include"`` (the authors' computation; imported checkpoints run exactly as trained with it).
     gradient_checkpointing:
         Recompute the decoder U-Net's activations in the backward pass instead of storing them (training mode
         only; see :class:`~robust_gen.speech.gradtts.decoder.ScoreUNet`): less memory for longer crops or bigger batches.
@@ -186,11 +228,12 @@ class GradTTS(nn.Module):
         decoder_attention_heads: int = 4,
         decoder_attention_head_dim: int = 32,
         speaker_dim: int = 64,
-        condition_encoder: bool = True,
+        condition_encoder: bool = False,
         beta_min: float = 0.05,
         beta_max: float = 20.0,
         output: str = "score",
         gradient_checkpointing: bool = False,
+        decoder_attention_padding: str = "ignore",
     ) -> None:
         super().__init__()
         if n_speakers < 1:
@@ -227,6 +270,7 @@ class GradTTS(nn.Module):
             attention_heads=decoder_attention_heads,
             attention_head_dim=decoder_attention_head_dim,
             gradient_checkpointing=gradient_checkpointing,
+            attention_padding=decoder_attention_padding,
         )
         self.schedule = ContinuousVP(beta_min, beta_max)
         self.frame_multiple = 2**self.decoder.num_downsamplings
@@ -297,13 +341,15 @@ class GradTTS(nn.Module):
         temperature: float = 1.5,
         sampler: str = "euler_ode",
         length_scale: float = 1.0,
+        length_rounding: str = "scale_total",
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mel spectrograms ``[B, F, T]`` and their frame counts ``[B]`` for token ids ``[B, T_text]``.
 
         Reverse diffusion from ``mu_y + z / temperature`` (Grad-TTS eq. 13 with the paper's temperature 1.5)
         with ``n_timesteps`` Euler steps of the probability-flow ODE (``sampler="euler_ode"``) or of the reverse
-        SDE (``"euler_sde"``). ``length_scale`` > 1 speaks slower. Frames past a mel's length are zero.
+        SDE (``"euler_sde"``). ``length_scale`` > 1 speaks slower; ``length_rounding`` as in
+        :func:`synthesis_durations`. Frames past a mel's length are zero.
         """
         if n_timesteps < 1:
             raise ValueError(f"n_timesteps must be >= 1, got {n_timesteps}")
@@ -313,11 +359,10 @@ class GradTTS(nn.Module):
         tokens, lengths = tokens.to(device), lengths.to(device)
         speaker = self.speaker_vectors(speakers, tokens.shape[0])
         mu_x, log_durations, x_mask = self.encode(tokens, lengths, speaker)
-        durations = torch.ceil(torch.exp(log_durations) * x_mask * length_scale).squeeze(1).long()
-        y_lengths = durations.sum(dim=1).clamp(min=1)
+        durations, y_lengths = synthesis_durations(log_durations, x_mask, length_scale, length_rounding)
         t_mel = fix_len_compatibility(int(y_lengths.max()), self.decoder.num_downsamplings)
         y_mask = sequence_mask(y_lengths, t_mel).unsqueeze(1).to(mu_x.dtype)
-        path = durations_to_path(durations, t_mel).to(mu_x.dtype)
+        path = durations_to_path(durations, t_mel).to(mu_x.dtype) * y_mask  # frames past the length belong to none
         mu_y = (mu_x @ path) * y_mask  # [B, F, T_mel]
         noise = torch.randn(mu_y.shape, generator=generator, device=device, dtype=mu_y.dtype)
         start = (mu_y + noise / temperature) * y_mask
