@@ -165,6 +165,15 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
         record.update(
             {f"manifest.{k}": data.get(k) for k in ("kind", "ratio", "num_samples", "changes") if k in data}
         )
+        changes = data.get("changes")
+        if isinstance(changes, list):
+            record["manifest.changes"] = len(changes)  # a count in the tables, not every change
+        params = data.get("params") or {}
+        # what the corruption really changed beside the nominal ratio (caption swaps inside one concept change
+        # nothing the model is asked for; robust_gen.corruption.captions)
+        for key in ("effective_ratio", "effective_changes", "across_concepts"):
+            if key in params:
+                record[f"manifest.{key}"] = params[key]
     metrics = run_dir / "eval" / "metrics.json"
     if metrics.is_file():
         tags = _read_json(metrics).get("tags", {})
