@@ -96,13 +96,23 @@ def loss_method(record: Mapping[str, Any]) -> str:
     'l2'
     >>> loss_method({"loss._target_": "robust_gen.diffusion.losses.PseudoHuberLoss", "loss.schedule": "snr"})
     'pseudo_huber:snr'
+    >>> loss_method({"loss._target_": "robust_gen.diffusion.losses.PseudoHuberLoss", "loss.schedule": "snr",
+    ...              "loss.form": "vector", "loss.c_min": 0.01})
+    'pseudo_huber:snr,form=vector,c_min=0.01'
     >>> loss_method({})
     'unknown'
+
+    The pseudo-Huber form and c_min are named only where they differ from the studies' defaults (huber, 0.1).
     """
     target = str(record.get("loss._target_", ""))
     name = target.rsplit(".", 1)[-1]
     if name == "PseudoHuberLoss":
-        return f"pseudo_huber:{record.get('loss.schedule', '?')}"
+        extra = ""
+        if record.get("loss.form", "huber") != "huber":
+            extra += f",form={record['loss.form']}"
+        if record.get("loss.c_min", 0.1) != 0.1:
+            extra += f",c_min={record['loss.c_min']:g}"
+        return f"pseudo_huber:{record.get('loss.schedule', '?')}{extra}"
     if name.endswith("Loss"):
         return name[: -len("Loss")].lower()
     return name.lower() or "unknown"

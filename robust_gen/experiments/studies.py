@@ -5,7 +5,7 @@ Adding a study is one entry here plus its overlay in ``configs/<recipe>/experime
 Examples
 --------
 >>> STUDIES["huber_speech"].recipe, STUDIES["huber_image"].overlays
-('tts', ('huber_image', 'huber_image_schedules'))
+('tts', ('huber_image', 'huber_image_schedules', 'huber_image_delta'))
 >>> STUDIES["slight_label"].hue
 ('cep.kind',)
 """
@@ -73,7 +73,7 @@ STUDIES: dict[str, StudySpec] = {
         notes="resilience = similarity(samples, clean refs) - the clean-data run's similarity (closer to 0 is "
         "better), domain-classifier feature cosine in place of CLIP / 1 - LPIPS; FID and similarity against the "
         "concept's own references; conditional accuracy: the share of samples the classifier calls the concept.",
-        recipe="image", overlays=('huber_image', 'huber_image_schedules'),
+        recipe="image", overlays=('huber_image', 'huber_image_schedules', 'huber_image_delta'),
     ),
     "huber_speech": StudySpec(
         "Scheduled pseudo-Huber, speech: target speaker contaminated by another (Khrapov et al. 2024)",
