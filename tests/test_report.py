@@ -237,6 +237,8 @@ def test_cli_end_to_end(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     printed = capsys.readouterr().out
     assert "| 0.05 | uniform |" in printed and "| 0.05 | none |" not in printed
     assert (out / "report_eval.best.fid.png").is_file()
+    assert cli.main(["slight_label", str(sweep), "--out", str(tmp_path / "claims")]) == 0
+    assert "CEP-U lowers FID" in (tmp_path / "claims" / "report_claims.md").read_text()  # the study's claims kept
     assert cli.main(["custom", str(sweep), "--out", str(tmp_path / "c"), "--metric", "eval.best.fid"]) == 0
     assert "| cep.gamma | cep.kind | corruption.ratio |" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
