@@ -10,8 +10,9 @@ A :class:`Claim` is one sentence of a paper ("CEP-U lowers FID") written as data
 tells the two methods apart, their values, and which direction the paper reports as better. :func:`judge`
 turns a claim's paired differences into "reproduced" (the whole interval on the paper's side of zero), "not
 reproduced" (the whole interval on the other side) or "inconclusive" (the interval holds zero, or fewer than
-two pairs). With few pairs (n < 10) a percentile bootstrap interval is somewhat too narrow; the report therefore
-also says in how many pairs the difference went the paper's way.
+``min_pairs``, default 5, pairs). With few pairs a percentile bootstrap interval is too narrow (with two pairs it
+is just the range of their mean), so fewer than ``min_pairs`` pairs are always "inconclusive"; the report also
+says in how many pairs the difference went the paper's way.
 
 :func:`spread_sources` separates the two sources of seed spread when the training seed and the corruption draw
 vary independently (a crossed design, ``-- trainer.seed=0,1,2 corruption.seed=0,1``); when they vary together
@@ -38,6 +39,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "MIN_PAIRS",
     "PAIR_KEYS",
     "Claim",
     "bootstrap_mean_ci",
@@ -49,6 +51,8 @@ __all__ = [
 
 #: What makes two runs a pair: the same training seed and the same corruption draw.
 PAIR_KEYS = ("trainer.seed", "corruption.seed")
+#: Fewer pairs than this never give a verdict: a bootstrap interval over 2-4 pairs is far too narrow.
+MIN_PAIRS = 5
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")
 
 
@@ -186,17 +190,23 @@ def verdict(low: float, high: float, better: str) -> str:
 
 
 def judge(
-    records: Sequence[Mapping[str, Any]], claim: Claim, *, confidence: float = 0.95, seed: int = 0
+    records: Sequence[Mapping[str, Any]],
+    claim: Claim,
+    *,
+    confidence: float = 0.95,
+    seed: int = 0,
+    min_pairs: int = MIN_PAIRS,
 ) -> list[dict[str, Any]]:
     """The claim's paired differences (:func:`paired_differences`) with interval, the number of pairs that went
     the paper's way, the verdict and a sentence "the paper says X; here ... the paired difference is Y [CI]".
+    With fewer than ``min_pairs`` pairs the verdict is "inconclusive" whatever the interval.
 
     Examples
     --------
-    >>> recs = [{"k": k, "trainer.seed": s, "acc": 0.5 + 0.01 * s} for k in ("a", "b") for s in range(3)]
+    >>> recs = [{"k": k, "trainer.seed": s, "acc": 0.5 + 0.01 * s} for k in ("a", "b") for s in range(5)]
     >>> row = judge(recs, Claim("b is more accurate", "acc", "k", "b", "a", better="higher"))[0]
     >>> row["verdict"], row["agree"], row["n"]
-    ('inconclusive', 0, 3)
+    ('inconclusive', 0, 5)
     """
     rows = paired_differences(
         records, metric=claim.metric, key=claim.key, treatment=claim.treatment, baseline=claim.baseline,
@@ -207,6 +217,8 @@ def judge(
         low, high = bootstrap_mean_ci(row["differences"], confidence=confidence, seed=seed)
         agree = sum((d < 0) if claim.better == "lower" else (d > 0) for d in row["differences"])
         result = verdict(low, high, claim.better)
+        if row["n"] < min_pairs:
+            result = f"inconclusive (only {row['n']} pairs; a verdict needs {min_pairs})"
         setting = ", ".join([f"{k}={v}" for k, v in claim.where.items()] + [f"{k}={row[k]}" for k in claim.across])
         sentence = (
             f"The paper says: {claim.paper}. Here ({setting or 'all runs'}), {claim.metric} of "

@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from robust_gen.experiments.paired import judge, spread_sources
+from robust_gen.experiments.paired import MIN_PAIRS, judge, spread_sources
 from robust_gen.experiments.studies import StudySpec
 from robust_gen.training.run_dir import save_figure
 
@@ -559,10 +559,13 @@ def plot_bars(
     return save_figure(fig, path, dpi=120)
 
 
-def write_claims(records: Sequence[Mapping[str, Any]], spec: StudySpec, path: str | Path) -> list[dict[str, Any]]:
+def write_claims(
+    records: Sequence[Mapping[str, Any]], spec: StudySpec, path: str | Path, *, min_pairs: int = MIN_PAIRS
+) -> list[dict[str, Any]]:
     """Judge each of ``spec.claims`` on ``records`` (:func:`~robust_gen.experiments.paired.judge`) and write them
     as Markdown: one line per claim and setting, "the paper says X; here the paired difference is Y [CI]; verdict".
-    Settings without a single pair are left out. Returns the judged rows (for the CSV).
+    Settings without a single pair are left out; fewer than ``min_pairs`` pairs give no verdict ("inconclusive").
+    Returns the judged rows (for the CSV).
 
     Examples
     --------
@@ -574,13 +577,14 @@ def write_claims(records: Sequence[Mapping[str, Any]], spec: StudySpec, path: st
     >>> rows[0]["verdict"], rows[0]["n"]
     ('reproduced', 5)
     """
-    judged = [row for claim in spec.claims for row in judge(records, claim) if row["n"]]
+    judged = [row for claim in spec.claims for row in judge(records, claim, min_pairs=min_pairs) if row["n"]]
     lines = ["## The papers' claims, paired by seed", ""]
     lines += [f"- {row['sentence']}" for row in judged] or ["No claim has a pair of runs here (same seeds, both methods)."]
     lines += ["", "Paired difference: treatment minus baseline at the same training seed and corruption draw; "
               "interval: percentile bootstrap of the mean over the pairs (too narrow for fewer than ~10 pairs, "
               "hence the count of pairs that went the paper's way). Reproduced / not reproduced: the whole "
-              "interval on the paper's side of zero / on the other side; inconclusive: it holds zero."]  # fmt: skip
+              "interval on the paper's side of zero / on the other side; inconclusive: it holds zero, or there are "
+              f"fewer than {min_pairs} pairs."]  # fmt: skip
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
