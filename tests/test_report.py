@@ -12,12 +12,21 @@ import numpy as np
 import pytest
 import yaml
 
+from robust_gen.experiments.paired import (
+    Claim,
+    bootstrap_mean_ci,
+    judge,
+    paired_differences,
+    spread_sources,
+    verdict,
+)
 from robust_gen.experiments.report import (
     aggregate,
     collect_runs,
     collect_series,
     read_run,
     varying_keys,
+    write_claims,
     write_study_report,
 )
 from robust_gen.experiments.studies import STUDIES
@@ -229,6 +238,8 @@ def test_cli_end_to_end(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     printed = capsys.readouterr().out
     assert "| 0.05 | uniform |" in printed and "| 0.05 | none |" not in printed
     assert (out / "report_eval.best.fid.png").is_file()
+    assert cli.main(["slight_label", str(sweep), "--out", str(tmp_path / "claims")]) == 0
+    assert "CEP-U lowers FID" in (tmp_path / "claims" / "report_claims.md").read_text()  # the study's claims kept
     assert cli.main(["custom", str(sweep), "--out", str(tmp_path / "c"), "--metric", "eval.best.fid"]) == 0
     assert "| cep.gamma | cep.kind | corruption.ratio |" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
@@ -242,6 +253,7 @@ OVERLAYS = [
     ("image", "huber_image_schedules"), ("image", "conditioning"), ("image", "slight_label_paper"),
     ("image", "slight_caption_paper"), ("image", "huber_image_paper"), ("image", "huber_image_schedules_paper"),
     ("image", "conditioning_paper"), ("tts", "huber_speech"), ("tts", "huber_speech_paper"),
+    ("image", "huber_image_delta"), ("image", "huber_image_delta_paper"),
 ]  # fmt: skip
 
 
@@ -255,7 +267,8 @@ def test_experiment_overlays_compose(recipe: str, overlay: str) -> None:
     with initialize_config_dir(str(CONFIG_ROOT / recipe), version_base="1.3"):
         cfg = compose("train", overrides=[f"+experiment={overlay}"], return_hydra_config=True)
     params = dict(cfg.hydra.sweeper.params)
-    assert cfg.study.name.startswith(overlay.removesuffix("_schedules").removesuffix("_schedules_paper"))
+    base = overlay.removesuffix("_paper").removesuffix("_schedules").removesuffix("_delta")
+    assert cfg.study.name.startswith(base)
     assert str(cfg.hydra.sweep.dir).endswith(f"experiments/{cfg.study.name}")
     assert "trainer.seed" in params and len(str(params["trainer.seed"]).split(",")) >= 1
     if overlay.startswith("slight"):
@@ -268,3 +281,109 @@ def test_experiment_overlays_compose(recipe: str, overlay: str) -> None:
         )  # the clean run resilience is measured against
     if overlay.endswith("_paper"):
         assert str(params["trainer.seed"]) == "0,1,2"
+    elif recipe == "image" and overlay != "conditioning":
+        # issue 16: trained far enough (the clean model good), 5 seeds, each seed its own corruption draw
+        assert cfg.trainer.max_steps == 1500 and str(params["trainer.seed"]) == "0,1,2,3,4"
+        assert cfg.corruption.seed == cfg.trainer.seed
+    if overlay.startswith("huber_image_delta"):
+        assert params["loss.c_min"] == "0.01" and params["loss.form"] == "huber,vector"
+
+
+# ------------------------------------------------------------------------------------ paired statistics (issue 16)
+
+
+def _paired_records(effect: float, noise: float, seeds: int = 6, *, corruption_seeds=(None,)) -> list[dict]:
+    """Two methods per seed: a shared per-seed offset (large) plus the method's effect and a little noise."""
+    rng = np.random.default_rng(1)
+    records = []
+    for seed in range(seeds):
+        for draw in corruption_seeds:
+            offset = 5.0 * rng.standard_normal()  # seed-to-seed spread, shared by both methods of a pair
+            for method in ("l2", "pseudo_huber:snr"):
+                value = offset + (effect if method != "l2" else 0.0) + noise * rng.standard_normal()
+                record = {"loss.method": method, "trainer.seed": seed, "corruption.ratio": 0.3, "m": value,
+                          "run_dir": f"{method}-{seed}-{draw}"}
+                if draw is not None:
+                    record["corruption.seed"] = draw
+                records.append(record)
+    return records
+
+
+def test_pairing_removes_the_seed_spread_that_hides_an_effect() -> None:
+    records = _paired_records(effect=1.0, noise=0.1)
+    claim = Claim("pseudo-Huber raises m", "m", "loss.method", "pseudo_huber:snr", "l2", better="higher",
+                  across=("corruption.ratio",))
+    row = judge(records, claim)[0]
+    assert row["n"] == 6 and row["agree"] == 6
+    assert 0.8 < row["ci_low"] < row["mean"] < row["ci_high"] < 1.2
+    assert row["verdict"] == "reproduced"
+    assert row["sentence"].startswith("The paper says: pseudo-Huber raises m. Here (corruption.ratio=0.3)")
+    assert "6 pairs" in row["sentence"] and row["sentence"].endswith(": reproduced.")
+    # unpaired, the same data would not tell: the per-seed offsets (std 5) swamp the effect (1)
+    by_method = aggregate(records, ["loss.method"], ["m"])
+    assert all(r["m.std"] > 2.0 for r in by_method)
+    # the opposite claim is refuted by the same interval; no effect is inconclusive
+    assert judge(records, Claim("lower", "m", "loss.method", "pseudo_huber:snr", "l2"))[0]["verdict"] == (
+        "not reproduced"
+    )
+    null = judge(_paired_records(effect=0.0, noise=1.0, seeds=8), claim)[0]
+    assert null["verdict"] == "inconclusive" and null["ci_low"] < 0 < null["ci_high"]
+
+
+def test_pairs_match_on_training_seed_and_corruption_draw() -> None:
+    records = _paired_records(effect=2.0, noise=0.0, seeds=3, corruption_seeds=(0, 1))
+    rows = paired_differences(records, metric="m", key="loss.method", treatment="pseudo_huber:snr", baseline="l2")
+    assert rows[0]["n"] == 6 and rows[0]["differences"] == pytest.approx([2.0] * 6)
+    assert "trainer.seed=0,corruption.seed=1" in rows[0]["seeds"]
+    # a seed missing one method gives no pair; a setting duplicated at one seed is refused, naming the runs
+    assert paired_differences(records[:-1], metric="m", key="loss.method", treatment="pseudo_huber:snr",
+                              baseline="l2")[0]["n"] == 5
+    duplicate = [*records, {**records[0], "run_dir": "again"}]
+    with pytest.raises(ValueError, match="again"):
+        paired_differences(duplicate, metric="m", key="loss.method", treatment="pseudo_huber:snr", baseline="l2")
+
+
+def test_bootstrap_interval_and_verdicts() -> None:
+    values = [0.5, 1.5, 1.0, 0.8, 1.2]
+    low, high = bootstrap_mean_ci(values, resamples=4000, seed=3)
+    assert low < np.mean(values) < high and (low, high) == bootstrap_mean_ci(values, resamples=4000, seed=3)
+    wide = bootstrap_mean_ci(values, confidence=0.99, resamples=4000, seed=3)
+    assert wide[0] <= low and wide[1] >= high
+    assert all(math.isnan(v) for v in bootstrap_mean_ci([1.0]))
+    assert verdict(float("nan"), float("nan"), "lower") == "inconclusive"
+    assert verdict(0.1, 0.2, "higher") == "reproduced" and verdict(-0.2, -0.1, "higher") == "not reproduced"
+    with pytest.raises(ValueError, match="better"):
+        Claim("x", "m", "k", 1, 0, better="smaller")
+
+
+def test_spread_sources_separates_training_seed_and_corruption_draw() -> None:
+    crossed = [{"trainer.seed": t, "corruption.seed": c, "m": 0.1 * t + 3.0 * c} for t in range(4) for c in (0, 1)]
+    spread = spread_sources(crossed, "m")
+    assert spread["design"] == "crossed" and spread["n"] == 8
+    assert spread["training"] == pytest.approx(np.std([0.0, 0.1, 0.2, 0.3], ddof=1))
+    assert spread["corruption"] == pytest.approx(np.std([0.0, 3.0], ddof=1))
+    tied = spread_sources([{"trainer.seed": t, "corruption.seed": t, "m": t} for t in range(3)], "m")
+    assert tied["design"] == "tied" and math.isnan(tied["training"]) and tied["total"] == pytest.approx(1.0)
+    one_draw = spread_sources([{"trainer.seed": t, "corruption.seed": 0, "m": t} for t in range(3)], "m")
+    assert one_draw["design"] == "training seed only" and one_draw["training"] == pytest.approx(1.0)
+
+
+def test_study_report_states_each_claim_with_its_interval(sweep: Path, tmp_path: Path) -> None:
+    files = write_study_report(collect_runs([sweep]), STUDIES["slight_label"], tmp_path / "out")
+    claims = files["claims_md"].read_text()
+    # three seeds are too few for a verdict, however clear the interval
+    cep_u = [line for line in claims.splitlines() if line.startswith("- The paper says: CEP-U lowers FID")]
+    assert len(cep_u) == 2 and all(line.endswith(": inconclusive (only 3 pairs; a verdict needs 5).") for line in cep_u)
+    assert "-1.5 [-1.5, -1.5]" in cep_u[0] and "3 of 3 lower" in cep_u[0]
+    assert "CEP-G" not in claims  # no gaussian runs: no pairs, no line
+    assert "## The papers' claims" in files["md"].read_text()
+    # with the bar at 3 pairs: the synthetic FID is 1.5 lower with CEP at every seed and ratio (reproduced at both
+    # ratios), and 5 % flips raise it by 1 at every seed (the "slight corruption helps" claim is refuted)
+    rows = write_claims(collect_runs([sweep]), STUDIES["slight_label"], tmp_path / "c.md", min_pairs=3)
+    verdicts = {(r["paper"].split(" (")[0], r.get("corruption.ratio")): r["verdict"] for r in rows}
+    assert verdicts[("CEP-U lowers FID", 0.0)] == verdicts[("CEP-U lowers FID", 0.05)] == "reproduced"
+    assert verdicts[("slight corruption", None)] == "not reproduced"
+    with files["claims_csv"].open() as handle:
+        assert {r["n"] for r in csv.DictReader(handle)} == {"3"}
+    spread = list(csv.DictReader(files["spread_csv"].open()))
+    assert {r["design"] for r in spread} == {"training seed only"}  # the synthetic runs share corruption seed 0

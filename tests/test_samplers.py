@@ -6,6 +6,7 @@ import torch
 from robust_gen.diffusion.ema import EMA
 from robust_gen.diffusion.samplers import EpsModel, Guided, ddim, ddpm, euler_ode, euler_sde, get_sampler
 from robust_gen.diffusion.schedules import ContinuousVP, DiscreteVP
+from robust_gen.training.trainer import TrainerConfig
 
 
 def gaussian_eps_model(schedule, m, s):
@@ -135,3 +136,17 @@ def test_ema_tracks_weights_with_warmup():
     copy = EMA(torch.nn.Linear(3, 3), decay=0.9)
     copy.load_state_dict(state)
     assert torch.equal(copy.module.weight, ema.module.weight)
+
+
+def test_ema_warmup_steps_reach_the_configured_decay_on_time():
+    net = torch.nn.Linear(3, 3)
+    classic = EMA(net, decay=0.998)  # the (1 + n) / (10 + n) ramp: far below the target on short runs
+    assert classic.current_decay(400) == pytest.approx(401 / 410)
+    assert classic.current_decay(1500) < 0.995
+    timed = EMA(net, decay=0.998, warmup_steps=300)
+    assert timed.current_decay(299) < 0.998 and timed.current_decay(300) == pytest.approx(0.998)
+    assert timed.current_decay(0) < 0.7  # still a ramp: the first random weights fade out
+    with pytest.raises(ValueError, match="ema_warmup_steps"):
+        EMA(net, decay=0.998, warmup_steps=-1)
+    with pytest.raises(ValueError, match="ema_warmup_steps"):
+        TrainerConfig(ema_warmup_steps=2.5)

@@ -18,6 +18,7 @@ from robust_gen.launch import start_process
 start_process()  # before torch loads: idle OpenMP threads sleep; a mismatched torch trio exits with the fix
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -75,11 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             spec = StudySpec("custom", by=by, x=args.x or by[0], metrics=metrics)
         else:
-            spec = StudySpec(
-                spec.title, by=tuple(args.by or spec.by), x=args.x or spec.x,
-                metrics=tuple(args.metric or spec.metrics), series_metrics=spec.series_metrics,
-                x_scale=spec.x_scale, xlabel=spec.xlabel, notes=spec.notes,
-            )  # fmt: skip
+            # the study's own settings (claims included), with the command line's row keys / axis / metrics
+            spec = dataclasses.replace(
+                spec, by=tuple(args.by or spec.by), x=args.x or spec.x, metrics=tuple(args.metric or spec.metrics)
+            )
         if spec.x not in spec.by:
             parser.exit(2, f"report: error: --x {spec.x!r} must be one of the row keys {list(spec.by)}\n")
         files = write_study_report(records, spec, Path(args.out), name=args.name, series=series)

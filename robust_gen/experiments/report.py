@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from robust_gen.experiments.paired import MIN_PAIRS, judge, spread_sources
 from robust_gen.experiments.studies import StudySpec
 from robust_gen.training.run_dir import save_figure
 
@@ -48,8 +49,10 @@ __all__ = [
     "read_run",
     "read_run_series",
     "varying_keys",
+    "write_claims",
     "write_csv",
     "write_markdown",
+    "write_spread",
     "write_study_report",
 ]
 
@@ -96,13 +99,23 @@ def loss_method(record: Mapping[str, Any]) -> str:
     'l2'
     >>> loss_method({"loss._target_": "robust_gen.diffusion.losses.PseudoHuberLoss", "loss.schedule": "snr"})
     'pseudo_huber:snr'
+    >>> loss_method({"loss._target_": "robust_gen.diffusion.losses.PseudoHuberLoss", "loss.schedule": "snr",
+    ...              "loss.form": "vector", "loss.c_min": 0.01})
+    'pseudo_huber:snr,form=vector,c_min=0.01'
     >>> loss_method({})
     'unknown'
+
+    The pseudo-Huber form and c_min are named only where they differ from the studies' defaults (huber, 0.1).
     """
     target = str(record.get("loss._target_", ""))
     name = target.rsplit(".", 1)[-1]
     if name == "PseudoHuberLoss":
-        return f"pseudo_huber:{record.get('loss.schedule', '?')}"
+        extra = ""
+        if record.get("loss.form", "huber") != "huber":
+            extra += f",form={record['loss.form']}"
+        if record.get("loss.c_min", 0.1) != 0.1:
+            extra += f",c_min={record['loss.c_min']:g}"
+        return f"pseudo_huber:{record.get('loss.schedule', '?')}{extra}"
     if name.endswith("Loss"):
         return name[: -len("Loss")].lower()
     return name.lower() or "unknown"
@@ -165,6 +178,15 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
         record.update(
             {f"manifest.{k}": data.get(k) for k in ("kind", "ratio", "num_samples", "changes") if k in data}
         )
+        changes = data.get("changes")
+        if isinstance(changes, list):
+            record["manifest.changes"] = len(changes)  # a count in the tables, not every change
+        params = data.get("params") or {}
+        # what the corruption really changed beside the nominal ratio (caption swaps inside one concept change
+        # nothing the model is asked for; robust_gen.corruption.captions)
+        for key in ("effective_ratio", "effective_changes", "across_concepts"):
+            if key in params:
+                record[f"manifest.{key}"] = params[key]
     metrics = run_dir / "eval" / "metrics.json"
     if metrics.is_file():
         tags = _read_json(metrics).get("tags", {})
@@ -537,6 +559,66 @@ def plot_bars(
     return save_figure(fig, path, dpi=120)
 
 
+def write_claims(
+    records: Sequence[Mapping[str, Any]], spec: StudySpec, path: str | Path, *, min_pairs: int = MIN_PAIRS
+) -> list[dict[str, Any]]:
+    """Judge each of ``spec.claims`` on ``records`` (:func:`~robust_gen.experiments.paired.judge`) and write them
+    as Markdown: one line per claim and setting, "the paper says X; here the paired difference is Y [CI]; verdict".
+    Settings without a single pair are left out; fewer than ``min_pairs`` pairs give no verdict ("inconclusive").
+    Returns the judged rows (for the CSV).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from robust_gen.experiments.paired import Claim
+    >>> spec = StudySpec("t", by=("m",), x="m", metrics=("f",), claims=(Claim("b is lower", "f", "m", "b", "a"),))
+    >>> recs = [{"m": m, "trainer.seed": s, "f": s + (0.0 if m == "a" else -1.0)} for m in "ab" for s in range(5)]
+    >>> rows = write_claims(recs, spec, pathlib.Path(tempfile.mkdtemp()) / "claims.md")
+    >>> rows[0]["verdict"], rows[0]["n"]
+    ('reproduced', 5)
+    """
+    judged = [row for claim in spec.claims for row in judge(records, claim, min_pairs=min_pairs) if row["n"]]
+    lines = ["## The papers' claims, paired by seed", ""]
+    lines += [f"- {row['sentence']}" for row in judged] or ["No claim has a pair of runs here (same seeds, both methods)."]
+    lines += ["", "Paired difference: treatment minus baseline at the same training seed and corruption draw; "
+              "interval: percentile bootstrap of the mean over the pairs (too narrow for fewer than ~10 pairs, "
+              "hence the count of pairs that went the paper's way). Reproduced / not reproduced: the whole "
+              "interval on the paper's side of zero / on the other side; inconclusive: it holds zero, or there are "
+              f"fewer than {min_pairs} pairs."]  # fmt: skip
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return judged
+
+
+def write_spread(
+    records: Sequence[Mapping[str, Any]], by: Sequence[str], metrics: Sequence[str], path: str | Path
+) -> list[dict[str, Any]]:
+    """Per setting and metric, the seed spread split into training seed and corruption draw where the design
+    allows (:func:`~robust_gen.experiments.paired.spread_sources`), as CSV. Returns the rows.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> recs = [{"m": "a", "trainer.seed": t, "corruption.seed": c, "f": t + c} for t in (0, 1) for c in (0, 1)]
+    >>> row = write_spread(recs, ["m"], ["f"], pathlib.Path(tempfile.mkdtemp()) / "s.csv")[0]
+    >>> row["design"], row["training"], row["corruption"]
+    ('crossed', 0.7071067811865476, 0.7071067811865476)
+    """
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for record in records:
+        groups.setdefault(json.dumps([record.get(k) for k in by], default=str), []).append(record)
+    rows = []
+    for key, members in groups.items():
+        for metric in metrics:
+            spread = spread_sources(members, metric)
+            if spread["n"]:
+                rows.append({**dict(zip(by, json.loads(key))), "metric": metric, **spread})
+    rows.sort(key=lambda r: [_sort_key(r[k]) for k in by])
+    write_csv(rows, path, columns=[*by, "metric", "design", "n", "total", "training", "corruption"])
+    return rows
+
+
 def write_study_report(
     records: Sequence[Mapping[str, Any]],
     spec: StudySpec,
@@ -547,8 +629,10 @@ def write_study_report(
 ) -> dict[str, Path]:
     """Aggregate ``records`` (and per-step ``series`` rows) as ``spec`` says and write ``<name>.md``,
     ``<name>.csv``, ``<name>_runs.csv`` (every run, unaggregated), ``<name>_<metric>.png`` per metric against
-    ``spec.x`` (when ``x`` is numeric) and ``<name>_series_<metric>.png`` / ``<name>_series.csv``.
-    Returns the written files by kind.
+    ``spec.x`` (when ``x`` is numeric), ``<name>_series_<metric>.png`` / ``<name>_series.csv``,
+    ``<name>_spread.csv`` (seed spread by source) and, for a study with claims, ``<name>_claims.md`` /
+    ``<name>_claims.csv`` (paired differences with bootstrap intervals and verdicts, also appended to
+    ``<name>.md``). Returns the written files by kind.
 
     Examples
     --------
@@ -557,7 +641,7 @@ def write_study_report(
     >>> recs = [{"r": r, "m": m, "trainer.seed": s, "f": r + s} for r in (0, 1) for m in "ab" for s in (0, 1)]
     >>> files = write_study_report(recs, spec, pathlib.Path(tempfile.mkdtemp()))
     >>> sorted(files)
-    ['csv', 'md', 'png:f', 'runs_csv']
+    ['csv', 'md', 'png:f', 'runs_csv', 'spread_csv']
     """
     out_dir = Path(out_dir)
     by = (*spec.by, *spec.extra_by)
@@ -569,6 +653,22 @@ def write_study_report(
         "csv": write_csv(rows, out_dir / f"{name}.csv"),
         "runs_csv": write_csv(records, out_dir / f"{name}_runs.csv"),
     }
+    spread = write_spread(records, by, spec.metrics, out_dir / f"{name}_spread.csv")
+    if spread:
+        files["spread_csv"] = out_dir / f"{name}_spread.csv"
+        designs = sorted({r["design"] for r in spread})
+        with files["md"].open("a") as handle:
+            handle.write(f"\nSeed spread by source ({name}_spread.csv): design {', '.join(designs)} (crossed: "
+                         "training seed and corruption draw vary independently and are separated; tied: each "
+                         "training seed has its own draw, so the std holds both).\n")  # fmt: skip
+    if spec.claims:
+        judged = write_claims(records, spec, out_dir / f"{name}_claims.md")
+        files["claims_md"] = out_dir / f"{name}_claims.md"
+        columns = ["paper", "metric", *dict.fromkeys(k for c in spec.claims for k in c.across), "n", "mean",
+                   "ci_low", "ci_high", "agree", "verdict", "seeds", "differences"]  # fmt: skip
+        files["claims_csv"] = write_csv(judged, out_dir / f"{name}_claims.csv", columns=columns)
+        with files["md"].open("a") as handle:
+            handle.write("\n" + files["claims_md"].read_text())
     numeric_x = all(_number(r.get(spec.x)) is not None for r in rows)
     hue = tuple(k for k in by if k != spec.x)
     for metric in spec.metrics if numeric_x else ():

@@ -141,6 +141,7 @@ def build_task(cfg: DictConfig, meta: dict) -> ImageDiffusionTask:
         denoiser, conditioner, objective, scaling_factor=float(meta["scaling_factor"]),
         p_semantic=float(cfg.condition_dropout.semantic), p_control=float(cfg.condition_dropout.control),
         cep=cep, sample_posterior=bool(cfg.latents.sample_posterior),
+        cep_placement=str(cep_cfg.get("placement", "encoder_output")),
     )
 
 

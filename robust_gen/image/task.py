@@ -10,7 +10,11 @@ resumed run draws what the uninterrupted one did):
    probabilities from :class:`~robust_gen.conditioning.ConditionDropout`), dropped semantics replaced by the null
    condition for classifier-free guidance;
 3. CEP noise on the condition network's output (Chen et al. 2024: uniform on ``[-g/sqrt(d), g/sqrt(d)]`` or
-   Gaussian with standard deviation ``g/sqrt(d)``; null rows untouched unless ``perturb_null``);
+   Gaussian with standard deviation ``g/sqrt(d)``; null rows untouched unless ``perturb_null``). Where, is
+   ``cep_placement``: ``encoder_output`` (the paper's: the text encoder's hidden states, ``d`` = the encoder's
+   width, 384 for MiniLM, before the trainable projection) or ``projection`` (after the projection, ``d`` = the
+   cross-attention width; this project's placement before issue 16, kept as an option). For a class embedding the
+   two coincide (nothing projects it);
 4. the diffusion time and noise, inside :class:`~robust_gen.diffusion.objective.DiffusionObjective`.
 
 It returns ``{"diffusion": LossTerm(per_sample_loss)}``; the trainer averages the batch.
@@ -33,7 +37,10 @@ from robust_gen.image.model.conditioners import SemanticCondition
 from robust_gen.image.model.denoiser import Denoiser
 from robust_gen.training.trainer import LossTerm
 
-__all__ = ["ImageDiffusionTask", "perturb_condition"]
+__all__ = ["CEP_PLACEMENTS", "ImageDiffusionTask", "perturb_condition"]
+
+#: Where text CEP adds its noise: on the text encoder's hidden states (the paper) or on the projection's output.
+CEP_PLACEMENTS = ("encoder_output", "projection")
 
 
 def perturb_condition(
@@ -90,6 +97,9 @@ class ImageDiffusionTask(nn.Module):
         used; the noise comes from ``rng``), or None.
     sample_posterior:
         Draw ``z = mean + std * eps`` each step (True) or train on the posterior mean.
+    cep_placement:
+        ``encoder_output`` (default, Chen et al.: before the text projection) or ``projection`` (after it); see
+        the module docstring.
     """
 
     def __init__(
@@ -103,11 +113,22 @@ class ImageDiffusionTask(nn.Module):
         p_control: float = 0.1,
         cep: ConditionalEmbeddingPerturbation | None = None,
         sample_posterior: bool = True,
+        cep_placement: str = "encoder_output",
     ) -> None:
         super().__init__()
+        if cep_placement not in CEP_PLACEMENTS:
+            raise ValueError(f"cep.placement must be one of {CEP_PLACEMENTS}, got {cep_placement!r}")
         self.denoiser, self.conditioner, self.objective = denoiser, conditioner, objective
         self.condition_dropout = ConditionDropout(p_semantic=p_semantic, p_control=p_control)
         self.cep, self.sample_posterior = cep, bool(sample_posterior)
+        self.cep_placement = cep_placement
+        if cep is not None and cep.perturb_null and cep_placement == "encoder_output" and (
+            getattr(conditioner, "null_kind", "empty") == "learned"
+        ):
+            raise ValueError(
+                "cep.perturb_null=true with condition.null_text=learned: the learned null sequence has no text-encoder "
+                "output to perturb; use cep.placement=projection or condition.null_text=empty"
+            )
         self.register_buffer("scaling_factor", torch.tensor(float(scaling_factor)))
 
     @property
@@ -134,15 +155,34 @@ class ImageDiffusionTask(nn.Module):
         dropout = self.condition_dropout
         return DropoutMasks(coins[:, 0] >= dropout.p_semantic, coins[:, 1] >= dropout.p_control)
 
+    def training_condition(self, batch: dict, keep_semantic: torch.Tensor, rng: BatchGenerator) -> SemanticCondition:
+        """The semantic condition of a training batch: dropped rows replaced by the null condition, CEP applied
+        at ``cep_placement`` (on the text encoder's hidden states, or on the projected tokens)."""
+        conditioner, batch_size = self.conditioner, keep_semantic.shape[0]
+        perturbing = self.cep is not None and self.training
+        if not perturbing or self.cep_placement == "projection" or conditioner.kind != "text":
+            semantic = _select(keep_semantic, conditioner.from_batch(batch), conditioner.null(batch_size))
+            if not perturbing:
+                return semantic
+            return SemanticCondition(perturb_condition(semantic.tokens, self.cep, rng, ~keep_semantic), semantic.mask)
+        captions = list(batch["caption"])
+        if conditioner.null_kind == "empty":
+            # the null text is the empty caption's encoding: select before encoding, so that perturb_null can
+            # reach the null rows' hidden states too
+            captions = [c if keep else "" for c, keep in zip(captions, keep_semantic.tolist())]
+        hidden = conditioner.encoder_output(captions)
+        hidden = SemanticCondition(perturb_condition(hidden.tokens, self.cep, rng, ~keep_semantic), hidden.mask)
+        semantic = conditioner.project(hidden)
+        if conditioner.null_kind == "empty":
+            return semantic
+        return _select(keep_semantic, semantic, conditioner.null(batch_size))
+
     def forward(self, batch: dict, rng: BatchGenerator) -> dict[str, LossTerm]:
         x0 = self.latents(batch, rng)
         masks = self.dropout_masks(x0.shape[0], rng)
         keep_semantic = masks.keep_semantic.to(x0.device)
-        semantic = _select(keep_semantic, self.conditioner.from_batch(batch), self.conditioner.null(x0.shape[0]))
-        tokens = semantic.tokens
-        if self.cep is not None and self.training:
-            tokens = perturb_condition(tokens, self.cep, rng, null_rows=~keep_semantic)
-        kwargs = {"context": tokens, "context_mask": semantic.mask}
+        semantic = self.training_condition(batch, keep_semantic, rng)
+        kwargs = {"context": semantic.tokens, "context_mask": semantic.mask}
         if self.denoiser.routing != "none":
             kwargs.update(control=batch["control"], control_keep=masks.keep_control.to(x0.device))
         out = self.objective(self.denoiser, x0, model_kwargs=kwargs, generator=rng)

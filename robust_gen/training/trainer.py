@@ -33,7 +33,7 @@ from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from robust_gen.diffusion.ema import EMA, averaged_weights
+from robust_gen.diffusion.ema import EMA, averaged_weights, warmup_horizon
 from robust_gen.diffusion.objective import batch_mean
 from robust_gen.diffusion.randomness import BatchGenerator
 from robust_gen.training.checkpoint import (
@@ -127,6 +127,7 @@ class TrainerConfig:
     grad_clip: float | None = 1.0
     ema_decay: float = 0.999
     ema_warmup: bool = True
+    ema_warmup_steps: int | None = None
     mixed_precision: str = "no"
     seed: int = 0
     log_every: int = 10
@@ -163,6 +164,7 @@ class TrainerConfig:
             raise ValueError(f"trainer.adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
         beta_rule = Rule("float", 0, 1, open_high=True)
         self.adam_betas = tuple(check_value(f"trainer.adam_betas[{i}]", b, beta_rule) for i, b in enumerate(betas))
+        warmup_horizon(self.ema_decay, self.ema_warmup_steps)  # a bad ema_warmup_steps fails here, not at step 1
         self._check_compile_settings()
         if isinstance(self.fsdp_wrap, str) or not all(isinstance(name, str) for name in self.fsdp_wrap):
             raise ValueError(
@@ -338,7 +340,8 @@ class Trainer:
             self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
                 self.task, optimizer, loader, scheduler
             )
-            self.ema = EMA(self.accelerator.unwrap_model(self.model), decay=cfg.ema_decay, warmup=cfg.ema_warmup)
+            self.ema = EMA(self.accelerator.unwrap_model(self.model), decay=cfg.ema_decay, warmup=cfg.ema_warmup,
+                           warmup_steps=cfg.ema_warmup_steps)
         if cfg.compile:
             # After the EMA copy, which stays uncompiled: it only runs in evaluation, at other batch sizes, where
             # compiling would cost recompilations for nothing. The task inside any DDP wrapper is compiled in
@@ -354,7 +357,8 @@ class Trainer:
             self._eval_module = copy.deepcopy(self.task).cpu().eval().requires_grad_(False)
         # The EMA copy is made before sharding (FSDP modules cannot be deep-copied) and sharded the same way, so
         # each process averages only its own shard: no communication per step, 1/N of the memory.
-        self.ema = EMA(self.task, decay=cfg.ema_decay, warmup=cfg.ema_warmup)
+        self.ema = EMA(self.task, decay=cfg.ema_decay, warmup=cfg.ema_warmup,
+                       warmup_steps=cfg.ema_warmup_steps)
         shard_module(self.task, cfg.fsdp_wrap)
         shard_module(self.ema.module, cfg.fsdp_wrap)
 

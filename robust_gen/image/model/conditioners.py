@@ -14,7 +14,10 @@ timestep vector (Berrada et al. 2024, papers.md §3). ``D`` is the denoiser's cr
   ``StableDiffusionPipeline`` uses them: no projection (the U-Net was trained on the encoder's states), no
   padding mask (the pipeline attends to every token), captions padded to the tokenizer's own length.
 
-Condition dropout and CEP act on these outputs in :mod:`robust_gen.image.task`.
+Condition dropout and CEP act on these outputs in :mod:`robust_gen.image.task`. Both conditioners split into
+``encoder_output`` (the condition network's own output: a class embedding, or the text encoder's hidden states at
+the encoder's width) and ``project`` (identity for classes; the trainable projection to ``D`` for text), so CEP can
+sit where Chen et al. put it, on the encoder output (``cep.placement=encoder_output``).
 """
 
 from __future__ import annotations
@@ -75,6 +78,14 @@ class ClassConditioner(nn.Module):
                 f"[{int(labels.min())}, {int(labels.max())}]; unlabelled data needs condition=text"
             )
         return SemanticCondition(self.embedding(labels)[:, None, :], None)
+
+    def encoder_output(self, labels: torch.Tensor) -> SemanticCondition:
+        """The condition network's own output: for a class embedding, the embedding itself (nothing projects it)."""
+        return self(labels=labels)
+
+    def project(self, condition: SemanticCondition) -> SemanticCondition:
+        """Identity: the class embedding already has the cross-attention width."""
+        return condition
 
     def from_batch(self, batch: dict) -> SemanticCondition:
         return self(labels=batch["label"])
@@ -242,11 +253,20 @@ class TextConditioner(nn.Module):
         mask = torch.stack([self._cache[c][1] for c in captions]).to(device)
         return hidden, mask
 
+    def encoder_output(self, captions: list[str]) -> SemanticCondition:
+        """The text encoder's last hidden states ``[B, L, hidden_size]`` (384 for MiniLM) and their mask: the
+        condition embedding that Chen et al.'s CEP perturbs, before the trainable projection."""
+        hidden, mask = self._hidden(list(captions), self._marker.device)
+        return SemanticCondition(hidden.to(self._marker.dtype), mask if self.use_mask else None)
+
+    def project(self, condition: SemanticCondition) -> SemanticCondition:
+        """Hidden states projected to the cross-attention width (the mask is kept)."""
+        return SemanticCondition(self.projection(condition.tokens), condition.mask)
+
     def forward(self, labels: torch.Tensor | None = None, captions: list[str] | None = None) -> SemanticCondition:
         if captions is None:
             raise ValueError("text conditioning needs captions")
-        hidden, mask = self._hidden(list(captions), self._marker.device)
-        return SemanticCondition(self.projection(hidden.to(self._marker.dtype)), mask if self.use_mask else None)
+        return self.project(self.encoder_output(captions))
 
     def from_batch(self, batch: dict) -> SemanticCondition:
         return self(captions=batch["caption"])
