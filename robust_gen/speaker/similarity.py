@@ -1,8 +1,9 @@
 """Speaker similarity of synthesized speech to reference recordings (pseudo-Huber paper, Figures 3-4).
 
 A SpeechBrain ``EncoderClassifier`` (the hub ECAPA model, or the offline one of
-:mod:`robust_gen.speaker.model`) embeds every file, batched (zero padding plus relative lengths
-``wav_lens``) at the model's sample rate. Each synthesized file is compared with its speaker's references:
+:mod:`robust_gen.speaker.model`) embeds every file at the model's sample rate, unpadded (only files of equal
+length share a batch, so no file's embedding depends on its neighbours). Each synthesized file is compared
+with its speaker's references:
 
 * ``centroid_similarity``: cosine to the mean of the speaker's unit-length reference embeddings
   (the metric of the summary and the threshold counts);
@@ -129,15 +130,19 @@ class SpeakerEmbedder:
     """Batched speaker embeddings of audio files with a SpeechBrain ``EncoderClassifier``.
 
     Files are read with :func:`robust_gen.speech.data.audio.load_audio` (channels averaged to
-    mono, resampled to the model's rate), grouped by length to limit padding, zero-padded and embedded with
-    relative lengths, so padding does not enter the statistics pooling.
+    mono, resampled to the model's rate) and embedded without any padding: only waveforms of exactly the
+    same length share a forward pass. Relative lengths keep padding out of the sentence mean and the
+    statistics pooling, but not out of the ECAPA convolutions: the frames next to the end of a padded file
+    see zeros where alone they see reflected frames, which moved single embeddings by up to ~1e-2 in cosine
+    depending on which longer files shared the batch. A file's embedding is therefore a function of the
+    file alone (to float rounding, ~1e-6).
 
     Parameters
     ----------
     encoder : speechbrain.inference.classifiers.EncoderClassifier
         A loaded model (see :func:`robust_gen.speaker.model.load_speaker_encoder`).
     batch_size : int
-        Files per forward pass.
+        Most files per forward pass (only files of equal length are batched together).
     min_seconds : float
         Shorter files are skipped (the convolutions need context).
     silence_db : float
@@ -172,7 +177,8 @@ class SpeakerEmbedder:
     @cached_property
     def fingerprint(self) -> str:
         """SHA-256 of the model's weights, buffers and scalar settings: the key of its embedding cache."""
-        digest = hashlib.sha256(f"rate={self.sample_rate}".encode())
+        # "unpadded": embeddings cached before files stopped sharing padded batches are not reused
+        digest = hashlib.sha256(f"rate={self.sample_rate}|unpadded".encode())
         for name, module in sorted(self.encoder.mods.named_modules()):
             settings = {
                 k: v for k, v in vars(module).items() if isinstance(v, (bool, int, float, str, tuple))
@@ -195,7 +201,7 @@ class SpeakerEmbedder:
 
     @torch.no_grad()
     def embed_waveforms(self, waves: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Embeddings ``[N, D]`` (float32, CPU) of mono waveforms at :attr:`sample_rate`, in one batch.
+        """Embeddings ``[N, D]`` (float32, CPU) of mono waveforms at :attr:`sample_rate`; equal lengths batched.
 
         Examples
         --------
@@ -208,13 +214,18 @@ class SpeakerEmbedder:
         """
         if not waves:
             raise ValueError("no waveforms to embed")
-        lengths = torch.tensor([w.numel() for w in waves], dtype=torch.float64)
-        batch = torch.zeros(len(waves), int(lengths.max()))
-        for row, wav in enumerate(waves):
-            batch[row, : wav.numel()] = wav
-        relative = (lengths / lengths.max()).float()
-        embeddings = self.encoder.encode_batch(batch, relative, normalize=False)
-        return embeddings.reshape(len(waves), -1).float().cpu()
+        by_length: dict[int, list[int]] = defaultdict(list)
+        for index, wav in enumerate(waves):
+            by_length[wav.numel()].append(index)
+        rows: list[torch.Tensor | None] = [None] * len(waves)
+        # One forward per distinct length, never padded: padding changes the convolutions' edge frames.
+        for indices in by_length.values():
+            for group in _chunks(indices, self.batch_size):
+                batch = torch.stack([waves[i].reshape(-1).float() for i in group])
+                embeddings = self.encoder.encode_batch(batch, torch.ones(len(group)), normalize=False)
+                for i, embedding in zip(group, embeddings.reshape(len(group), -1)):
+                    rows[i] = embedding.float().cpu()
+        return torch.stack(rows)
 
     def embed_files(
         self,
@@ -257,7 +268,7 @@ class SpeakerEmbedder:
                 todo.append(path)
         show = self.progress if self.progress is not None else len(todo) >= 32
         with tqdm(total=len(todo), desc=desc, unit="file", disable=not show) as bar:
-            # Load a few batches at a time and sort them by length: little padding, bounded memory.
+            # A few batches loaded at a time bound the memory; embed_waveforms batches equal lengths only.
             for chunk in _chunks(todo, self.batch_size * 8):
                 loaded = []
                 for path in chunk:
@@ -265,9 +276,9 @@ class SpeakerEmbedder:
                         loaded.append((path, self.load(path)))
                     except (ValueError, FileNotFoundError) as error:
                         record_skip(skipped, path, str(error), role)
-                loaded.sort(key=lambda pair: pair[1].numel())
-                for batch in _chunks(loaded, self.batch_size):
-                    for (path, _), embedding in zip(batch, self.embed_waveforms([w for _, w in batch])):
+                if loaded:
+                    embeddings = self.embed_waveforms([w for _, w in loaded])
+                    for (path, _), embedding in zip(loaded, embeddings):
                         results[path] = embedding
                         if cache is not None:
                             cache.put(path, embedding)
