@@ -330,11 +330,17 @@ def test_csv_json_schema_and_threshold_counts(embedder, corpus, tmp_path):
         "step",
         "centroid_similarity",
         "mean_pairwise_similarity",
+        "rms_dbfs",
+        "active_share",
+        "voiced_share",
+        "speech_ok",
     ]
+    assert all(r["speech_ok"] == "True" for r in rows)  # real espeak utterances pass the activity check
     assert len(rows) == 6 and {r["speaker"] for r in rows} == {"us_m1", "gb_m2", "rp_m3"}
     summary = json.loads((out / JSON_NAME).read_text())
     for key in ("model", "sample_rate", "metric", "thresholds", "calibrated_threshold", "overall",
-                "per_speaker", "per_step", "skipped", "num_skipped", "num_scored", "resilience", "files"):  # fmt: skip
+                "per_speaker", "per_step", "skipped", "num_skipped", "num_scored", "resilience", "files",
+                "activity"):  # fmt: skip
         assert key in summary
     assert summary["thresholds"] == [0.25, 0.5, 0.6, 0.75]
     assert summary["sample_rate"] == 16000 and summary["num_skipped"] == 0 and summary["skipped"] == []
@@ -512,3 +518,34 @@ def test_tool_end_to_end(trained, corpus, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         tool.main(["--refs", "x", "--synth", "y", "--thresholds", "high"])
     assert exit_info.value.code == 2
+
+
+def _click_dominated(wav: torch.Tensor) -> torch.Tensor:
+    """Speech near -70 dBFS with a full-scale burst in its last 10 ms: what a diverged sample sounds like."""
+    quiet = 3e-4 * wav / wav.abs().max()
+    quiet[-220:] = torch.linspace(1.0, -1.0, 220)
+    return quiet
+
+
+@pytest.mark.parametrize("mode", ["exclude", "flag"])
+def test_files_without_usable_speech_are_excluded_or_flagged_and_counted(embedder, corpus, tmp_path, mode):
+    groups = by_speaker(corpus)
+    synth = tmp_path / "synth"
+    synth.mkdir()
+    shutil.copy(groups["us_m1"][1], synth / "us_m1_0.wav")
+    save_audio(synth / "us_m1_1.wav", _click_dominated(load_audio(groups["us_m1"][2], 22050)), 22050)
+    result = evaluate_speaker_similarity(
+        embedder, [groups["us_m1"][0]], [synth], out_dir=tmp_path / "out", activity=mode
+    )
+    summary = json.loads((tmp_path / "out" / JSON_NAME).read_text())
+    assert summary["activity"]["no_speech"] == 1 and summary["activity"]["mode"] == mode
+    by_name = {Path(s.file).name: s for s in result.scores}
+    assert by_name["us_m1_0.wav"].speech_ok is True and by_name["us_m1_0.wav"].active_share > 0.8
+    if mode == "exclude":
+        assert list(by_name) == ["us_m1_0.wav"]
+        assert "no usable speech" in summary["skipped"][0]["reason"]
+    else:
+        assert by_name["us_m1_1.wav"].speech_ok is False and by_name["us_m1_1.wav"].active_share < 0.05
+        assert summary["overall"]["no_speech"] == 1
+    rows = list(csv.DictReader((tmp_path / "out" / CSV_NAME).open()))
+    assert {"rms_dbfs", "active_share", "voiced_share", "speech_ok"} <= set(rows[0])

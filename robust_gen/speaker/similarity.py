@@ -28,11 +28,20 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
 
 import torch
 
+from robust_gen.speaker.activity import (
+    ACTIVITY_MODES,
+    DEFAULT_ACTIVITY_CHECK,
+    ActivityCheck,
+    SpeechActivity,
+    activity_problem,
+    speech_activity,
+)
 from robust_gen.speaker.inputs import (
     SAMPLES_JSONL,
     AudioItem,
@@ -55,7 +64,13 @@ from robust_gen.speech.data.audio import is_silent, load_audio
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EmbeddingCache", "SpeakerEmbedder", "evaluate_speaker_similarity", "score_samples"]
+__all__ = [
+    "EmbeddingCache",
+    "SpeakerEmbedder",
+    "evaluate_speaker_similarity",
+    "measure_activity",
+    "score_samples",
+]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -296,11 +311,13 @@ def score_samples(
     items: Sequence[AudioItem],
     sample_embeddings: dict[Path, torch.Tensor],
     reference_embeddings: dict[str, torch.Tensor],
+    activities: dict[Path, tuple[SpeechActivity, bool]] | None = None,
 ) -> tuple[list[SampleScore], list[dict]]:
     """Cosine of each sample to its speaker's reference centroid and mean cosine to each reference.
 
     Items without an embedding (skipped while embedding) are left out; items whose speaker has no
-    reference embedding are skipped with a reason.
+    reference embedding are skipped with a reason. ``activities`` (``{path: (activity, passed)}``, see
+    :func:`measure_activity`) adds each file's level and speech activity to its score.
 
     Examples
     --------
@@ -329,6 +346,12 @@ def score_samples(
             )
             continue
         unit = torch.nn.functional.normalize(embedding.double(), dim=0)
+        measured = (activities or {}).get(item.path)
+        activity = {}
+        if measured is not None:
+            found, passed = measured
+            activity = {"rms_dbfs": found.rms_dbfs, "active_share": found.active_share,
+                        "voiced_share": found.voiced_share, "speech_ok": passed}  # fmt: skip
         scores.append(
             SampleScore(
                 file=str(item.path),
@@ -337,9 +360,41 @@ def score_samples(
                 step=item.step,
                 centroid_similarity=float(unit @ centroids[item.speaker]),
                 mean_pairwise_similarity=float((unit_refs[item.speaker] @ unit).mean()),
+                **activity,
             )
         )
     return scores, skipped
+
+
+def measure_activity(
+    embedder: SpeakerEmbedder, paths: Sequence[Path], check: ActivityCheck = DEFAULT_ACTIVITY_CHECK
+) -> dict[Path, tuple[SpeechActivity, bool]]:
+    """Level and speech activity of each readable file at the embedder's rate: ``{path: (activity, passed)}``
+    (unreadable, too short or silent files are left out: the embedding step skips them with the reason).
+
+    Examples
+    --------
+    >>> import tempfile, types
+    >>> from robust_gen.speech.data.audio import save_audio
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> t = torch.arange(16000) / 16000
+    >>> save_audio(folder / "a_0.wav", 0.3 * torch.sin(2 * torch.pi * 150 * t), 16000)
+    >>> quiet = 3e-4 * torch.sin(2 * torch.pi * 150 * t); quiet[8000] = 1.0
+    >>> save_audio(folder / "a_1.wav", quiet, 16000)
+    >>> embedder = SpeakerEmbedder(types.SimpleNamespace(audio_normalizer=types.SimpleNamespace(sample_rate=16000)))
+    >>> found = measure_activity(embedder, [folder / "a_0.wav", folder / "a_1.wav"])
+    >>> [passed for _, passed in found.values()]
+    [True, False]
+    """
+    found = {}
+    for path in paths:
+        try:
+            wav = embedder.load(path)
+        except (ValueError, FileNotFoundError):
+            continue  # embed_files records the reason
+        activity = speech_activity(wav, embedder.sample_rate, level_db=check.level_db)
+        found[path] = (activity, activity_problem(activity, check) is None)
+    return found
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -412,6 +467,8 @@ def evaluate_speaker_similarity(
     cache_dir: str | os.PathLike | None = None,
     strict: bool = False,
     model_name: str = "",
+    activity: str = "exclude",
+    activity_check: ActivityCheck = DEFAULT_ACTIVITY_CHECK,
 ) -> SimilarityResult:
     """Score synthesized speech against references and write the CSV, JSON, step table, plot.
 
@@ -439,7 +496,16 @@ def evaluate_speaker_similarity(
         Raise ValueError listing the unusable files instead of skipping them.
     model_name : str
         Recorded in the summary.
+    activity : {"exclude", "flag", "off"}
+        Speech-activity check of the synthesized files (:mod:`robust_gen.speaker.activity`): files without
+        usable speech (mostly silence or clicks) are skipped with the reason (``exclude``), or scored and
+        marked ``speech_ok=False`` (``flag``); each score carries the file's level and activity unless
+        ``off``. The summary counts them (``no_speech``).
+    activity_check : ActivityCheck
+        The check's level and least active / voiced shares.
     """
+    if activity not in ACTIVITY_MODES:
+        raise ValueError(f"activity must be one of {ACTIVITY_MODES}, got {activity!r}")
     extra = {float(calibrated_threshold)} if calibrated_threshold is not None else set()
     thresholds = sorted({float(t) for t in thresholds} | extra)
     items, skipped, clean_label = _collect_all(synthesized, runs, clean_run)
@@ -448,9 +514,19 @@ def evaluate_speaker_similarity(
         cache = EmbeddingCache(Path(cache_dir) / f"{embedder.fingerprint[:24]}.safetensors")
     by_speaker, lost = _reference_embeddings(embedder, references, {i.speaker for i in items}, cache)
     skipped += lost
-    embeddings, lost = embedder.embed_files([i.path for i in items], desc="synthesized", role="synthesized")
+    activities: dict[Path, tuple[SpeechActivity, bool]] = {}
+    if activity != "off":
+        activities = measure_activity(embedder, [i.path for i in items], activity_check)
+    failed = [path for path, (_, passed) in activities.items() if not passed]
+    to_embed = [i.path for i in items]
+    if activity == "exclude":
+        for path in failed:
+            record_skip(skipped, path, activity_problem(activities[path][0], activity_check), "synthesized")
+        excluded = set(failed)
+        to_embed = [p for p in to_embed if p not in excluded]
+    embeddings, lost = embedder.embed_files(to_embed, desc="synthesized", role="synthesized")
     skipped += lost
-    scores, lost = score_samples(items, embeddings, by_speaker)
+    scores, lost = score_samples(items, embeddings, by_speaker, activities)
     skipped += lost
     listing = "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:5])
     if strict and skipped:
@@ -472,6 +548,7 @@ def evaluate_speaker_similarity(
         "calibrated_threshold": calibrated_threshold,
         "num_scored": len(scores),
         "num_skipped": len(skipped),
+        "activity": {"mode": activity, **asdict(activity_check), "no_speech": len(failed)},
         "skipped": skipped,
         "reference_counts": {s: len(e) for s, e in sorted(by_speaker.items())},
         "overall": similarity_stats(main, thresholds) if main else None,
