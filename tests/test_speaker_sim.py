@@ -549,3 +549,20 @@ def test_files_without_usable_speech_are_excluded_or_flagged_and_counted(embedde
         assert summary["overall"]["no_speech"] == 1
     rows = list(csv.DictReader((tmp_path / "out" / CSV_NAME).open()))
     assert {"rms_dbfs", "active_share", "voiced_share", "speech_ok"} <= set(rows[0])
+
+
+def test_vocoded_real_ceiling_and_identification(embedder, corpus):
+    from robust_gen.speaker.ceiling import centroids, identification_accuracy, vocoded_real_ceiling
+    from robust_gen.speech.vocoder import GriffinLimVocoder
+
+    groups = by_speaker(corpus)
+    vocoder = GriffinLimVocoder(n_iter=4)
+    ceiling = vocoded_real_ceiling(embedder, groups["us_m1"][:2], groups["us_m1"][2:], vocoder)
+    assert ceiling["count"] == 2 and -1.0 <= ceiling["min"] <= ceiling["mean"] <= 1.0
+    with pytest.raises(ValueError, match="must not be references too"):
+        vocoded_real_ceiling(embedder, groups["us_m1"][:2], groups["us_m1"][1:], vocoder)
+    refs = {s: embedder.embed_waveforms([embedder.load(p) for p in files[:2]]) for s, files in groups.items()}
+    middle = centroids(refs)
+    assert identification_accuracy(torch.stack(list(middle.values())), list(middle), middle) == 1.0
+    swapped = list(middle)[::-1]  # 3 speakers reversed: only the middle one keeps its name
+    assert identification_accuracy(torch.stack(list(middle.values())), swapped, middle) == pytest.approx(1 / 3)
