@@ -117,6 +117,10 @@ def check_run_outputs(run_dir: Path, speakers: list[str]) -> list[dict]:
             sample["path"] == f"{sample['speaker']}_0.wav"
             and (sample_dir / sample["png"]).stat().st_size > 1000
         )
+        # level per file (issue 17); the mels are checked against the training range the checkpoint carries
+        assert sample["rms_dbfs"] == pytest.approx(20 * np.log10(np.sqrt(np.mean(wav**2))), abs=0.05)
+        assert isinstance(sample["mel_out_of_range"], int) and sample["mel_out_of_range"] >= 0
+    assert "mel_range" in checkpoint.config_yaml
     return samples
 
 
@@ -217,6 +221,7 @@ def test_griffin_lim_inverts_real_speech(multi_run):
     trained = load_trained(run_dir)
     clip = next(Path(os.environ["ROBUST_GEN_CACHE"]).glob("corpus/*/us_f1/*.wav"))
     mel = MelSpectrogram(trained.mel_config)(load_audio(clip, 22050))
+    assert trained.mel_range.check(mel)[1] == 0  # real speech of a training voice lies in the training range
     wav = build_vocoder("griffin_lim", mel_config=trained.mel_config, n_iter=16)(mel[None])[0]
     assert wav.shape == (mel.shape[-1] * 256,)
     again = MelSpectrogram(trained.mel_config)(wav)

@@ -22,8 +22,10 @@ from pathlib import Path
 
 from robust_gen.environment import default_cache_dir
 from robust_gen.speaker import (
+    ACTIVITY_MODES,
     DEFAULT_HUB_MODEL,
     DEFAULT_THRESHOLDS,
+    ActivityCheck,
     SpeakerEmbedder,
     SpeakerModelUnavailable,
     default_out_dir,
@@ -102,6 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--hub-timeout", type=float, default=3.0, help="seconds to wait for the hub before failing"
     )
+    parser.add_argument(
+        "--activity", choices=ACTIVITY_MODES, default="exclude",
+        help="files without usable speech (mostly silence or clicks): exclude (default), flag, or off",
+    )
+    parser.add_argument(
+        "--min-active-share", type=float, default=ActivityCheck.min_active_share,
+        help="least share of frames above the activity level (-45 dBFS) for a file to count as speech",
+    )
+    parser.add_argument(
+        "--min-voiced-share", type=float, default=ActivityCheck.min_voiced_share,
+        help="least share of active voiced frames (0 for breathy voices that YIN rarely finds voiced)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser  # fmt: skip
 
@@ -123,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
             embedder, args.refs, args.synth, runs=args.runs, clean_run=args.clean_run,
             thresholds=args.thresholds, calibrated_threshold=model_threshold(args.model),
             out_dir=args.out or default_out_dir(args.synth, args.runs),
-            cache_dir=cache_dir, strict=args.strict, model_name=str(args.model),
+            cache_dir=cache_dir, strict=args.strict, model_name=str(args.model), activity=args.activity,
+            activity_check=ActivityCheck(min_active_share=args.min_active_share,
+                                         min_voiced_share=args.min_voiced_share),
         )  # fmt: skip
     except (SpeakerModelUnavailable, FileNotFoundError, ValueError) as error:
         parser.exit(2, f"speaker_sim: error: {error}\n")
@@ -138,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"calibrated threshold of the model: {threshold_key(summary['calibrated_threshold'])}")
     for row in result.resilience:
         print(f"resilience {row['run']} step {row['step']}: {row['resilience']:+.4f}")
+    if summary["activity"]["no_speech"]:
+        verb = "excluded" if args.activity == "exclude" else "flagged"
+        print(f"{verb} {summary['activity']['no_speech']} file(s) without usable speech", file=sys.stderr)
     if result.skipped:
         print(f"skipped {len(result.skipped)} file(s) (listed in {result.files['json']})", file=sys.stderr)
     print("wrote " + ", ".join(str(p) for p in result.files.values()))

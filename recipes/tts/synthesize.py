@@ -47,7 +47,7 @@ def synthesize(cfg: DictConfig) -> list[dict]:
     options = {k: v for k, v in OmegaConf.to_container(cfg.vocoder).items() if k != "kind" and v is not None}
     vocoder = build_vocoder(cfg.vocoder.kind, mel_config=trained.mel_config, device=cfg.device, **options)
     synthesizer = Synthesizer(trained.model, trained.speakers, vocoder, add_blank=trained.add_blank,
-                              cleaner=trained.cleaner)  # fmt: skip
+                              cleaner=trained.cleaner, mel_range=trained.mel_range)  # fmt: skip
     out_dir = Path(cfg.out_dir)
     rows = write_samples(
         synthesizer, items, out_dir, sample_rate=trained.mel_config.sample_rate, plots=cfg.plots,

@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from robust_gen.speech.data.dataset import build_training_set, collate_tts, validate_tts_config
 from robust_gen.speech.data.mel import MelConfig
 from robust_gen.speech.gradtts.convert import start_from_run
+from robust_gen.speech.mel_range import MelRange, training_mel_range
 from robust_gen.speech.synthesis import Synthesizer, write_samples
 from robust_gen.speech.task import GradTTSTask, segment_frames_for
 from robust_gen.speech.vocoder import build_vocoder
@@ -76,13 +77,15 @@ def make_eval_fn(cfg: DictConfig, speakers: dict[str, int], mel_config: MelConfi
     vocoder_options = {k: v for k, v in OmegaConf.to_container(cfg.vocoder).items() if k != "kind"}
     vocoder_options = {k: v for k, v in vocoder_options.items() if v is not None}
     names = sample_speakers(cfg, speakers)
+    mel_range = MelRange.from_config(OmegaConf.to_container(cfg.mel_range) if "mel_range" in cfg else None)
 
     def evaluate(ema_task: torch.nn.Module, step: int, run_dir: Path) -> dict[str, Any]:
         device = str(next(ema_task.parameters()).device)
         vocoder = build_vocoder(cfg.vocoder.kind, mel_config=mel_config, device=device, **vocoder_options)
         synthesizer = Synthesizer(
-            ema_task.model, speakers, vocoder, add_blank=cfg.text.add_blank, cleaner=cfg.text.cleaner
-        )
+            ema_task.model, speakers, vocoder, add_blank=cfg.text.add_blank, cleaner=cfg.text.cleaner,
+            mel_range=mel_range,
+        )  # fmt: skip
         rows = write_samples(
             synthesizer,
             [(str(text), speaker) for speaker in names for text in cfg.samples.texts],
@@ -125,6 +128,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     speakers = training_set.speakers
     with open_dict(cfg):
         cfg.speaker_ids = speakers  # checkpoints carry the ids, so synthesis needs nothing but the checkpoint
+        # ... and the training mels' per-band range, against which synthesized mels are checked
+        cfg.mel_range = training_mel_range(training_set.dataset).to_config()
     initial = start_from_run(cfg, speakers)  # init_from=<run>: its model settings and weights
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.trainer.seed)  # the initial weights are part of the run's reproducible path

@@ -390,7 +390,9 @@ def speech_study(run: Runner, runs: list[Path], force: bool) -> None:
             refs = data.get("filelist") or data.get("root")
         clean = _clean_run(run_dir, runs) if cfg["study"].get("clean_reference") else None
         args = [sys.executable, "tools/speaker_sim.py", "--model", cfg["study"]["speaker_model"], "--refs",
-                str(refs), "--runs", str(run_dir), "--out", str(out), "--no-progress"]  # fmt: skip
+                str(refs), "--runs", str(run_dir), "--out", str(out), "--no-progress",
+                # flag, not exclude: a run whose samples are all unusable still gets its row and its count
+                "--activity", str(cfg["study"].get("activity", "flag"))]  # fmt: skip
         if clean is not None:
             args += ["--clean-run", str(clean)]
         run(args, "speaker_sim")

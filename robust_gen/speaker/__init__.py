@@ -7,12 +7,22 @@ This module is the package's public face: code outside it (the speech recipe, ``
 * :mod:`~robust_gen.speaker.loading`: load an encoder offline or from the hub, failing fast and clearly;
 * :mod:`~robust_gen.speaker.model`: the offline ECAPA-TDNN: build, train, save as a SpeechBrain folder;
 * :mod:`~robust_gen.speaker.calibration`: equal error rate and the verification threshold;
+* :mod:`~robust_gen.speaker.ceiling`: the vocoded-real ceiling of a similarity, identification among voices;
 * :mod:`~robust_gen.speaker.inputs`: which files to score (run folders, filelists, globs);
+* :mod:`~robust_gen.speaker.activity`: level and speech activity, which flags files without usable speech;
 * :mod:`~robust_gen.speaker.similarity`: batched embeddings with a cache, similarity to each speaker's references;
 * :mod:`~robust_gen.speaker.reports`: per-file CSV, JSON summary, similarity over training steps, resilience.
 """
 
+from robust_gen.speaker.activity import (
+    ACTIVITY_MODES,
+    ActivityCheck,
+    SpeechActivity,
+    activity_problem,
+    speech_activity,
+)
 from robust_gen.speaker.calibration import calibrate, model_threshold, write_calibration
+from robust_gen.speaker.ceiling import centroids, identification_accuracy, identify, vocoded_real_ceiling
 from robust_gen.speaker.inputs import collect_synthesized
 from robust_gen.speaker.loading import (
     DEFAULT_HUB_MODEL,
@@ -42,17 +52,22 @@ from robust_gen.speaker.reports import (
 from robust_gen.speaker.similarity import SpeakerEmbedder, evaluate_speaker_similarity
 
 __all__ = [
+    "ACTIVITY_MODES",
     "CSV_NAME",
     "DEFAULT_HUB_MODEL",
     "DEFAULT_THRESHOLDS",
     "JSON_NAME",
+    "ActivityCheck",
     "SpeakerEmbedder",
     "SpeakerModelSpec",
     "SpeakerModelUnavailable",
     "SpeakerTrainingConfig",
+    "SpeechActivity",
     "TrainedSpeakerModel",
+    "activity_problem",
     "build_speaker_modules",
     "calibrate",
+    "centroids",
     "collect_synthesized",
     "default_out_dir",
     "encoder_sample_rate",
@@ -60,11 +75,15 @@ __all__ = [
     "evaluate_speaker_similarity",
     "headline",
     "hyperparams_yaml",
+    "identification_accuracy",
+    "identify",
     "load_speaker_encoder",
     "model_threshold",
     "save_speaker_model",
+    "speech_activity",
     "threshold_key",
     "train_speaker_model",
     "training_voices",
+    "vocoded_real_ceiling",
     "write_calibration",
 ]

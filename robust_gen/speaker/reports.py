@@ -56,6 +56,11 @@ class SampleScore:
     step: int | None
     centroid_similarity: float
     mean_pairwise_similarity: float
+    # speech activity (robust_gen.speaker.activity); None when not measured
+    rms_dbfs: float | None = None
+    active_share: float | None = None
+    voiced_share: float | None = None
+    speech_ok: bool | None = None
 
 
 def threshold_key(threshold: float) -> str:
@@ -77,6 +82,16 @@ def similarity_stats(scores: Sequence[SampleScore], thresholds: Sequence[float])
     values = torch.tensor([s.centroid_similarity for s in scores], dtype=torch.float64)
     pairwise = torch.tensor([s.mean_pairwise_similarity for s in scores], dtype=torch.float64)
     count = len(scores)
+    measured = [s for s in scores if s.active_share is not None]
+    activity = {}
+    if measured:  # level and speech activity of the scored files (flagged ones included)
+        levels = torch.tensor([s.rms_dbfs for s in measured], dtype=torch.float64)
+        activity = {
+            "rms_dbfs_median": float(levels.nanmedian()),
+            "active_share_mean": sum(s.active_share for s in measured) / len(measured),
+            "voiced_share_mean": sum(s.voiced_share for s in measured) / len(measured),
+            "no_speech": sum(s.speech_ok is False for s in measured),
+        }
     return {
         "count": count,
         "mean": float(values.mean()) if count else math.nan,
@@ -86,6 +101,7 @@ def similarity_stats(scores: Sequence[SampleScore], thresholds: Sequence[float])
         "pairwise_mean": float(pairwise.mean()) if count else math.nan,
         "pairwise_std": float(pairwise.std()) if count > 1 else 0.0,
         "below": {threshold_key(t): int((values < t).sum()) for t in thresholds},
+        **activity,
     }
 
 
@@ -242,13 +258,15 @@ def write_reports(result: SimilarityResult, out_dir: str | os.PathLike) -> dict[
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"csv": out / CSV_NAME, "json": out / JSON_NAME}
-    columns = ["file", "speaker", "run", "step", "centroid_similarity", "mean_pairwise_similarity"]
+    columns = ["file", "speaker", "run", "step", "centroid_similarity", "mean_pairwise_similarity",
+               "rms_dbfs", "active_share", "voiced_share", "speech_ok"]  # fmt: skip
     atomic_write_text(files["csv"], _csv_text([asdict(s) for s in result.scores], columns))
     thresholds = result.summary["thresholds"]
     if len(result.per_step) > 1 or any(row["step"] is not None for row in result.per_step):
         flat = [{**{k: v for k, v in row.items() if k != "below"},
                  **{f"below_{k}": v for k, v in row["below"].items()}} for row in result.per_step]  # fmt: skip
         step_columns = ["run", "step", "count", "mean", "std", "pairwise_mean", "min", "max"]
+        step_columns += ["rms_dbfs_median", "active_share_mean", "voiced_share_mean", "no_speech"]
         step_columns += [f"below_{threshold_key(t)}" for t in thresholds]
         files["per_step"] = out / STEPS_CSV
         atomic_write_text(files["per_step"], _csv_text(flat, step_columns))

@@ -1,8 +1,9 @@
 """Speaker similarity of synthesized speech to reference recordings (pseudo-Huber paper, Figures 3-4).
 
 A SpeechBrain ``EncoderClassifier`` (the hub ECAPA model, or the offline one of
-:mod:`robust_gen.speaker.model`) embeds every file, batched (zero padding plus relative lengths
-``wav_lens``) at the model's sample rate. Each synthesized file is compared with its speaker's references:
+:mod:`robust_gen.speaker.model`) embeds every file at the model's sample rate, unpadded (only files of equal
+length share a batch, so no file's embedding depends on its neighbours). Each synthesized file is compared
+with its speaker's references:
 
 * ``centroid_similarity``: cosine to the mean of the speaker's unit-length reference embeddings
   (the metric of the summary and the threshold counts);
@@ -27,11 +28,20 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
 
 import torch
 
+from robust_gen.speaker.activity import (
+    ACTIVITY_MODES,
+    DEFAULT_ACTIVITY_CHECK,
+    ActivityCheck,
+    SpeechActivity,
+    activity_problem,
+    speech_activity,
+)
 from robust_gen.speaker.inputs import (
     SAMPLES_JSONL,
     AudioItem,
@@ -55,7 +65,13 @@ from robust_gen.speech.data.audio import is_silent, load_audio
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EmbeddingCache", "SpeakerEmbedder", "evaluate_speaker_similarity", "score_samples"]
+__all__ = [
+    "EmbeddingCache",
+    "SpeakerEmbedder",
+    "evaluate_speaker_similarity",
+    "measure_activity",
+    "score_samples",
+]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -130,15 +146,19 @@ class SpeakerEmbedder:
     """Batched speaker embeddings of audio files with a SpeechBrain ``EncoderClassifier``.
 
     Files are read with :func:`robust_gen.speech.data.audio.load_audio` (channels averaged to
-    mono, resampled to the model's rate), grouped by length to limit padding, zero-padded and embedded with
-    relative lengths, so padding does not enter the statistics pooling.
+    mono, resampled to the model's rate) and embedded without any padding: only waveforms of exactly the
+    same length share a forward pass. Relative lengths keep padding out of the sentence mean and the
+    statistics pooling, but not out of the ECAPA convolutions: the frames next to the end of a padded file
+    see zeros where alone they see reflected frames, which moved single embeddings by up to ~1e-2 in cosine
+    depending on which longer files shared the batch. A file's embedding is therefore a function of the
+    file alone (to float rounding, ~1e-6).
 
     Parameters
     ----------
     encoder : speechbrain.inference.classifiers.EncoderClassifier
         A loaded model (see :func:`robust_gen.speaker.model.load_speaker_encoder`).
     batch_size : int
-        Files per forward pass.
+        Most files per forward pass (only files of equal length are batched together).
     min_seconds : float
         Shorter files are skipped (the convolutions need context).
     silence_db : float
@@ -173,7 +193,8 @@ class SpeakerEmbedder:
     @cached_property
     def fingerprint(self) -> str:
         """SHA-256 of the model's weights, buffers and scalar settings: the key of its embedding cache."""
-        digest = hashlib.sha256(f"rate={self.sample_rate}".encode())
+        # "unpadded": embeddings cached before files stopped sharing padded batches are not reused
+        digest = hashlib.sha256(f"rate={self.sample_rate}|unpadded".encode())
         for name, module in sorted(self.encoder.mods.named_modules()):
             settings = {
                 k: v for k, v in vars(module).items() if isinstance(v, (bool, int, float, str, tuple))
@@ -196,7 +217,7 @@ class SpeakerEmbedder:
 
     @torch.no_grad()
     def embed_waveforms(self, waves: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Embeddings ``[N, D]`` (float32, CPU) of mono waveforms at :attr:`sample_rate`, in one batch.
+        """Embeddings ``[N, D]`` (float32, CPU) of mono waveforms at :attr:`sample_rate`; equal lengths batched.
 
         Examples
         --------
@@ -209,13 +230,18 @@ class SpeakerEmbedder:
         """
         if not waves:
             raise ValueError("no waveforms to embed")
-        lengths = torch.tensor([w.numel() for w in waves], dtype=torch.float64)
-        batch = torch.zeros(len(waves), int(lengths.max()))
-        for row, wav in enumerate(waves):
-            batch[row, : wav.numel()] = wav
-        relative = (lengths / lengths.max()).float()
-        embeddings = self.encoder.encode_batch(batch, relative, normalize=False)
-        return embeddings.reshape(len(waves), -1).float().cpu()
+        by_length: dict[int, list[int]] = defaultdict(list)
+        for index, wav in enumerate(waves):
+            by_length[wav.numel()].append(index)
+        rows: list[torch.Tensor | None] = [None] * len(waves)
+        # One forward per distinct length, never padded: padding changes the convolutions' edge frames.
+        for indices in by_length.values():
+            for group in _chunks(indices, self.batch_size):
+                batch = torch.stack([waves[i].reshape(-1).float() for i in group])
+                embeddings = self.encoder.encode_batch(batch, torch.ones(len(group)), normalize=False)
+                for i, embedding in zip(group, embeddings.reshape(len(group), -1)):
+                    rows[i] = embedding.float().cpu()
+        return torch.stack(rows)
 
     def embed_files(
         self,
@@ -258,7 +284,7 @@ class SpeakerEmbedder:
                 todo.append(path)
         show = self.progress if self.progress is not None else len(todo) >= 32
         with tqdm(total=len(todo), desc=desc, unit="file", disable=not show) as bar:
-            # Load a few batches at a time and sort them by length: little padding, bounded memory.
+            # A few batches loaded at a time bound the memory; embed_waveforms batches equal lengths only.
             for chunk in _chunks(todo, self.batch_size * 8):
                 loaded = []
                 for path in chunk:
@@ -266,9 +292,9 @@ class SpeakerEmbedder:
                         loaded.append((path, self.load(path)))
                     except (ValueError, FileNotFoundError) as error:
                         record_skip(skipped, path, str(error), role)
-                loaded.sort(key=lambda pair: pair[1].numel())
-                for batch in _chunks(loaded, self.batch_size):
-                    for (path, _), embedding in zip(batch, self.embed_waveforms([w for _, w in batch])):
+                if loaded:
+                    embeddings = self.embed_waveforms([w for _, w in loaded])
+                    for (path, _), embedding in zip(loaded, embeddings):
                         results[path] = embedding
                         if cache is not None:
                             cache.put(path, embedding)
@@ -286,11 +312,13 @@ def score_samples(
     items: Sequence[AudioItem],
     sample_embeddings: dict[Path, torch.Tensor],
     reference_embeddings: dict[str, torch.Tensor],
+    activities: dict[Path, tuple[SpeechActivity, bool]] | None = None,
 ) -> tuple[list[SampleScore], list[dict]]:
     """Cosine of each sample to its speaker's reference centroid and mean cosine to each reference.
 
     Items without an embedding (skipped while embedding) are left out; items whose speaker has no
-    reference embedding are skipped with a reason.
+    reference embedding are skipped with a reason. ``activities`` (``{path: (activity, passed)}``, see
+    :func:`measure_activity`) adds each file's level and speech activity to its score.
 
     Examples
     --------
@@ -319,6 +347,12 @@ def score_samples(
             )
             continue
         unit = torch.nn.functional.normalize(embedding.double(), dim=0)
+        measured = (activities or {}).get(item.path)
+        activity = {}
+        if measured is not None:
+            found, passed = measured
+            activity = {"rms_dbfs": found.rms_dbfs, "active_share": found.active_share,
+                        "voiced_share": found.voiced_share, "speech_ok": passed}  # fmt: skip
         scores.append(
             SampleScore(
                 file=str(item.path),
@@ -327,9 +361,41 @@ def score_samples(
                 step=item.step,
                 centroid_similarity=float(unit @ centroids[item.speaker]),
                 mean_pairwise_similarity=float((unit_refs[item.speaker] @ unit).mean()),
+                **activity,
             )
         )
     return scores, skipped
+
+
+def measure_activity(
+    embedder: SpeakerEmbedder, paths: Sequence[Path], check: ActivityCheck = DEFAULT_ACTIVITY_CHECK
+) -> dict[Path, tuple[SpeechActivity, bool]]:
+    """Level and speech activity of each readable file at the embedder's rate: ``{path: (activity, passed)}``
+    (unreadable, too short or silent files are left out: the embedding step skips them with the reason).
+
+    Examples
+    --------
+    >>> import tempfile, types
+    >>> from robust_gen.speech.data.audio import save_audio
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> t = torch.arange(16000) / 16000
+    >>> save_audio(folder / "a_0.wav", 0.3 * torch.sin(2 * torch.pi * 150 * t), 16000)
+    >>> quiet = 3e-4 * torch.sin(2 * torch.pi * 150 * t); quiet[8000] = 1.0
+    >>> save_audio(folder / "a_1.wav", quiet, 16000)
+    >>> embedder = SpeakerEmbedder(types.SimpleNamespace(audio_normalizer=types.SimpleNamespace(sample_rate=16000)))
+    >>> found = measure_activity(embedder, [folder / "a_0.wav", folder / "a_1.wav"])
+    >>> [passed for _, passed in found.values()]
+    [True, False]
+    """
+    found = {}
+    for path in paths:
+        try:
+            wav = embedder.load(path)
+        except (ValueError, FileNotFoundError):
+            continue  # embed_files records the reason
+        activity = speech_activity(wav, embedder.sample_rate, level_db=check.level_db)
+        found[path] = (activity, activity_problem(activity, check) is None)
+    return found
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -402,6 +468,8 @@ def evaluate_speaker_similarity(
     cache_dir: str | os.PathLike | None = None,
     strict: bool = False,
     model_name: str = "",
+    activity: str = "exclude",
+    activity_check: ActivityCheck = DEFAULT_ACTIVITY_CHECK,
 ) -> SimilarityResult:
     """Score synthesized speech against references and write the CSV, JSON, step table, plot.
 
@@ -429,7 +497,16 @@ def evaluate_speaker_similarity(
         Raise ValueError listing the unusable files instead of skipping them.
     model_name : str
         Recorded in the summary.
+    activity : {"exclude", "flag", "off"}
+        Speech-activity check of the synthesized files (:mod:`robust_gen.speaker.activity`): files without
+        usable speech (mostly silence or clicks) are skipped with the reason (``exclude``), or scored and
+        marked ``speech_ok=False`` (``flag``); each score carries the file's level and activity unless
+        ``off``. The summary counts them (``no_speech``).
+    activity_check : ActivityCheck
+        The check's level and least active / voiced shares.
     """
+    if activity not in ACTIVITY_MODES:
+        raise ValueError(f"activity must be one of {ACTIVITY_MODES}, got {activity!r}")
     extra = {float(calibrated_threshold)} if calibrated_threshold is not None else set()
     thresholds = sorted({float(t) for t in thresholds} | extra)
     items, skipped, clean_label = _collect_all(synthesized, runs, clean_run)
@@ -438,9 +515,19 @@ def evaluate_speaker_similarity(
         cache = EmbeddingCache(Path(cache_dir) / f"{embedder.fingerprint[:24]}.safetensors")
     by_speaker, lost = _reference_embeddings(embedder, references, {i.speaker for i in items}, cache)
     skipped += lost
-    embeddings, lost = embedder.embed_files([i.path for i in items], desc="synthesized", role="synthesized")
+    activities: dict[Path, tuple[SpeechActivity, bool]] = {}
+    if activity != "off":
+        activities = measure_activity(embedder, [i.path for i in items], activity_check)
+    failed = [path for path, (_, passed) in activities.items() if not passed]
+    to_embed = [i.path for i in items]
+    if activity == "exclude":
+        for path in failed:
+            record_skip(skipped, path, activity_problem(activities[path][0], activity_check), "synthesized")
+        excluded = set(failed)
+        to_embed = [p for p in to_embed if p not in excluded]
+    embeddings, lost = embedder.embed_files(to_embed, desc="synthesized", role="synthesized")
     skipped += lost
-    scores, lost = score_samples(items, embeddings, by_speaker)
+    scores, lost = score_samples(items, embeddings, by_speaker, activities)
     skipped += lost
     listing = "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:5])
     if strict and skipped:
@@ -462,6 +549,7 @@ def evaluate_speaker_similarity(
         "calibrated_threshold": calibrated_threshold,
         "num_scored": len(scores),
         "num_skipped": len(skipped),
+        "activity": {"mode": activity, **asdict(activity_check), "no_speech": len(failed)},
         "skipped": skipped,
         "reference_counts": {s: len(e) for s, e in sorted(by_speaker.items())},
         "overall": similarity_stats(main, thresholds) if main else None,

@@ -7,12 +7,16 @@
   with the core's Euler ODE or SDE sampler) and waveforms (any vocoder of :mod:`robust_gen.speech.vocoder`).
 * :func:`write_samples` writes ``<speaker>_<i>.wav``, a mel plot ``<speaker>_<i>.png`` per utterance and
   ``samples.jsonl`` (one JSON object per utterance: ``text``, ``speaker``, ``path`` (the wav, relative to the
-  folder of ``samples.jsonl``), ``png``, ``frames``, ``seconds``), the input of the speaker-similarity tool.
+  folder of ``samples.jsonl``), ``png``, ``frames``, ``seconds``, the level ``rms_dbfs`` and ``peak_dbfs``,
+  and with a training mel range ``mel_out_of_range``: how many mel values lay outside it and were clamped
+  before vocoding, with a warning), the input of the speaker-similarity tool.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -22,11 +26,14 @@ from typing import Any
 
 import torch
 
-from robust_gen.speech.data.audio import save_audio
+from robust_gen.speech.data.audio import peak_db, rms_db, save_audio
 from robust_gen.speech.data.mel import MelConfig
 from robust_gen.speech.gradtts.model import GradTTS
+from robust_gen.speech.mel_range import MelRange
 from robust_gen.speech.text import text_to_ids
 from robust_gen.training.run_dir import atomic_write_text, save_figure
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Synthesizer", "TrainedModel", "load_trained", "plot_mel", "read_text_list", "write_samples"]
 
@@ -42,6 +49,7 @@ class TrainedModel:
     cleaner: str
     step: int
     config: Any
+    mel_range: MelRange | None = None  # the training mels' per-band range (None: a run from before it was kept)
 
 
 def load_trained(path: str | os.PathLike, *, use_ema: bool = True, device: str = "cpu") -> TrainedModel:
@@ -82,6 +90,7 @@ def load_trained(path: str | os.PathLike, *, use_ema: bool = True, device: str =
         cleaner=str(cfg.text.cleaner),
         step=step,
         config=cfg,
+        mel_range=MelRange.from_config(OmegaConf.to_container(cfg.mel_range) if "mel_range" in cfg else None),
     )
 
 
@@ -98,6 +107,9 @@ class Synthesizer:
         ``vocoder(log_mel [B, F, T]) -> wav [B, T * hop]``.
     add_blank, cleaner:
         The text frontend settings the model was trained with.
+    mel_range:
+        The training mels' per-band range: :meth:`checked` clamps mels to it (plus a margin) before
+        vocoding and counts what it clamped. None: no check.
 
     Examples
     --------
@@ -116,9 +128,10 @@ class Synthesizer:
         *,
         add_blank: bool = True,
         cleaner: str = "english",
+        mel_range: MelRange | None = None,
     ) -> None:
         self.model, self.speakers, self.vocoder = model, dict(speakers), vocoder
-        self.add_blank, self.cleaner = add_blank, cleaner
+        self.add_blank, self.cleaner, self.mel_range = add_blank, cleaner, mel_range
 
     def speaker_ids(self, names: Sequence[str]) -> torch.Tensor:
         unknown = [name for name in names if name not in self.speakers]
@@ -165,9 +178,27 @@ class Synthesizer:
             self.model.train(was_training)
         return [mel[i, :, : int(frames[i])].cpu() for i in range(len(texts))]
 
+    def checked(self, mels: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[int]]:
+        """Mels clamped to the training range (plus a margin) and the count of values clamped in each; the
+        mels unchanged and counts of 0 without a range.
+
+        Examples
+        --------
+        >>> band_range = MelRange(torch.full((80,), -11.5), torch.zeros(80))
+        >>> synthesizer = Synthesizer(GradTTS.tiny(), {"a": 0}, None, mel_range=band_range)
+        >>> mel = torch.full((80, 4), -5.0); mel[79, 3] = 30.0
+        >>> mels, counts = synthesizer.checked([mel])
+        >>> counts, float(mels[0].max())
+        ([1], 1.0)
+        """
+        if self.mel_range is None:
+            return list(mels), [0] * len(mels)
+        pairs = [self.mel_range.check(mel) for mel in mels]
+        return [mel for mel, _ in pairs], [count for _, count in pairs]
+
     def waveforms(self, mels: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Vocode each mel on its own (no padding artefacts), ``[frames * hop]`` each."""
-        return [self.vocoder(mel[None])[0] for mel in mels]
+        """Vocode each mel on its own (no padding artefacts), ``[frames * hop]`` each, after :meth:`checked`."""
+        return [self.vocoder(mel[None])[0] for mel in self.checked(mels)[0]]
 
 
 def plot_mel(mel: torch.Tensor, path: str | os.PathLike, title: str = "") -> None:
@@ -196,6 +227,10 @@ def plot_mel(mel: torch.Tensor, path: str | os.PathLike, title: str = "") -> Non
     axes.set_title(title[:90], fontsize=8)
     figure.tight_layout()
     save_figure(figure, path)
+
+
+def _level(db: float) -> float | None:
+    return round(db, 2) if math.isfinite(db) else None  # silence is -inf dBFS; JSON has no -inf
 
 
 def _file_stem(speaker: str) -> str:
@@ -233,15 +268,24 @@ def write_samples(
     mels = synthesizer.mels(
         [text for text, _ in utterances], [speaker for _, speaker in utterances], **sampling
     )
+    _, outside = synthesizer.checked(mels)
     wavs = synthesizer.waveforms(mels)
     counts: dict[str, int] = {}
     rows = []
-    for (text, speaker), mel, wav in zip(utterances, mels, wavs):
+    for (text, speaker), mel, wav, clamped in zip(utterances, mels, wavs, outside):
         index = counts[speaker] = counts.get(speaker, -1) + 1
         stem = f"{_file_stem(speaker)}_{index}"
         save_audio(out / f"{stem}.wav", wav, sample_rate)
         row = {"text": text, "speaker": speaker, "path": f"{stem}.wav", "frames": int(mel.shape[-1])}
         row["seconds"] = round(wav.numel() / sample_rate, 3)
+        row["rms_dbfs"], row["peak_dbfs"] = (_level(level(wav)) for level in (rms_db, peak_db))
+        if synthesizer.mel_range is not None:
+            row["mel_out_of_range"] = clamped
+            if clamped:
+                log.warning(
+                    "%s: %d of %d mel values outside the training range (clamped before vocoding)",
+                    out / f"{stem}.wav", clamped, mel.numel(),
+                )  # fmt: skip
         if plots:
             plot_mel(mel, out / f"{stem}.png", f"{speaker}: {text}")
             row["png"] = f"{stem}.png"

@@ -23,10 +23,47 @@ import torch
 
 from robust_gen.speech.data.mel import MelConfig
 
-__all__ = ["GriffinLimVocoder", "SpeechBrainHifiGan", "build_vocoder", "write_local_hifigan"]
+__all__ = [
+    "GriffinLimVocoder",
+    "SpeechBrainHifiGan",
+    "build_vocoder",
+    "limit_level",
+    "write_local_hifigan",
+]
 
 #: Log-mel values above this are clipped before inversion: exp() of a diverged sample would overflow.
 MAX_LOG_MEL = 6.0
+
+
+#: :func:`limit_level`: block length (samples), the quantile of the blocks' peaks that sets the level, and the
+#: value that quantile is brought down to (-6 dBFS: louder blocks up to twice as loud pass unclipped).
+LEVEL_BLOCK, LEVEL_QUANTILE, LEVEL_TARGET = 1024, 0.8, 0.5
+
+
+def limit_level(wav: torch.Tensor) -> torch.Tensor:
+    """Bring waveforms ``[B, samples]`` into [-1, 1] by a robust level, not by their single largest sample.
+
+    Each row is cut into blocks of ``LEVEL_BLOCK`` samples; the ``LEVEL_QUANTILE`` quantile of the blocks'
+    peaks is the row's level. A row is scaled down (never up) so that this level is at most ``LEVEL_TARGET``,
+    then clipped to [-1, 1]. A burst covering less than a fifth of the file (a diverged frame, a click
+    60 dB over the speech) is clipped instead of setting the level: scaling by the peak let such a burst
+    push the speech down to -70 dBFS.
+
+    Examples
+    --------
+    >>> speech = 0.5 * torch.sin(torch.arange(22050) / 5.0)
+    >>> speech[-2205:] = 40.0  # a 100-ms burst far over full scale
+    >>> out = limit_level(speech[None])[0]
+    >>> round(float(out[:1000].abs().max()), 3), float(out.abs().max())
+    (0.5, 1.0)
+    >>> round(float(limit_level(4 * speech[None, :4096]).abs().max()), 3)  # loud throughout: to 0.5
+    0.5
+    """
+    blocks = torch.nn.functional.pad(wav.abs().float(), (0, -wav.shape[-1] % LEVEL_BLOCK))
+    peaks = blocks.reshape(*wav.shape[:-1], -1, LEVEL_BLOCK).amax(dim=-1)
+    reference = peaks.quantile(LEVEL_QUANTILE, dim=-1, keepdim=True)
+    scale = (LEVEL_TARGET / reference.clamp(min=1e-12)).clamp(max=1.0)
+    return (wav * scale).clamp(-1.0, 1.0)
 
 
 def _fit_length(wav: torch.Tensor, frames: int, hop_length: int) -> torch.Tensor:
@@ -103,8 +140,7 @@ class GriffinLimVocoder:
             torch.manual_seed(self.seed)
             wav = self.griffin_lim(linear)
         wav = _fit_length(wav, log_mel.shape[-1], self.mel_config.hop_length)
-        peak = wav.abs().amax(dim=-1, keepdim=True)
-        return wav / peak.clamp(min=1.0)  # only ever scale down, so nothing clips on write
+        return limit_level(wav)
 
 
 class SpeechBrainHifiGan:
@@ -152,7 +188,7 @@ class SpeechBrainHifiGan:
         """Waveforms ``[B, T * hop]`` for log-mels ``[B, n_mels, T]``."""
         _check_mel(log_mel, None)
         wav = self.model.decode_batch(log_mel.float()).squeeze(1).cpu()
-        return _fit_length(wav, log_mel.shape[-1], self.hop_length).clamp(-1.0, 1.0)
+        return limit_level(_fit_length(wav, log_mel.shape[-1], self.hop_length))
 
 
 def _check_mel(log_mel: torch.Tensor, n_mels: int | None) -> None:
