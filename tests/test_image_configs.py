@@ -131,6 +131,11 @@ def test_train_config_hydra_settings_and_sample_config():
     text = (IMAGE / "train.yaml").read_text()
     assert "file://${oc.env:ROBUST_GEN_CONFIGS}/shared" in text
     assert "runs/image/${rg.run_name:${hydra:job.override_dirname}}" in text
-    assert "exclude_keys: [trainer.max_steps, trainer.progress, trainer.restart, trainer.resample, hydra.run.dir]" in text
+    import yaml
+
+    excluded = yaml.safe_load(text)["hydra"]["job"]["config"]["override_dirname"]["exclude_keys"]
+    # settings that do not change what is trained never rename the run (re-running with them resumes it)
+    assert set(excluded) == {"trainer.max_steps", "trainer.progress", "trainer.restart", "trainer.resample",
+                             "hydra.run.dir", "finish.sample", "finish.evaluate"}
     sample = _compose("sample", ["run_dir=/tmp/some_run"])
     assert sample.sampler.name == "dpm_solver" and list(sample.guidance_scales) == [1.0, 3.0]
