@@ -40,6 +40,7 @@ from robust_gen.training.checkpoint import load_latest_checkpoint, save_checkpoi
 from robust_gen.training.data import EpochSampler
 from robust_gen.training.metrics import MetricsLogger
 from robust_gen.training.run_dir import RunLock, write_json
+from robust_gen.training.sample_losses import SampleLossRecord
 from robust_gen.training.sharding import (
     full_model_state,
     full_optimizer_state,
@@ -134,6 +135,7 @@ class TrainerConfig:
     channels_last: bool = False
     fsdp: bool = False
     fsdp_wrap: list[str] = field(default_factory=list)
+    track_sample_losses: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -258,6 +260,7 @@ class Trainer:
         self.nonfinite_in_row = 0
         self._stop_requested = False
         self._eval_module: torch.nn.Module | None = None
+        self.sample_losses: SampleLossRecord | None = None  # trainer.track_sample_losses (sample_losses.py)
 
     # ----------------------------------------------------------------------------------------------- set-up
     def _build(self) -> None:
@@ -370,6 +373,8 @@ class Trainer:
                 config_yaml=self.config_yaml,
                 keep=self.cfg.keep_checkpoints,
             )
+            if self.sample_losses is not None:  # saved with each checkpoint, so a resume continues it in step
+                self.sample_losses.save(self.run_dir)
         self.accelerator.wait_for_everyone()
         return path
 
@@ -456,6 +461,8 @@ class Trainer:
     def _fit(self) -> dict[str, Any]:
         cfg = self.cfg
         resumed = self._resume()
+        if cfg.track_sample_losses:
+            self.sample_losses = SampleLossRecord.resume(self.run_dir)
         metrics = (
             MetricsLogger(self.run_dir, tensorboard=cfg.tensorboard, resume_step=self.step if resumed else None)
             if self.is_main
@@ -551,6 +558,8 @@ class Trainer:
         with acc.accumulate(self.model):
             with autocast:
                 terms = self.model(batch, rng)
+            if self.sample_losses is not None:
+                self.sample_losses.add_batch(batch, terms, self.epoch, gather=acc.gather)
             loss, logged = self._total_loss(terms)
             finite = self._all_finite(loss.detach())
             if finite:
