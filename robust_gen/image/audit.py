@@ -31,6 +31,8 @@ import torch
 from robust_gen.audit.probes import DEFAULT_LEVELS, fixed_times, probe_noise
 from robust_gen.audit.report import AuditScores
 from robust_gen.corruption.manifest import Manifest
+from robust_gen.diffusion.losses import L2Loss
+from robust_gen.diffusion.objective import DiffusionObjective
 from robust_gen.image.build import build_source, load_run
 from robust_gen.image.data.dataset import Augmentation
 from robust_gen.image.data.imaging import save_grid
@@ -97,13 +99,16 @@ def condition_losses(
     seed: int = 0,
     batch_size: int = 256,
 ) -> torch.Tensor:
-    """``[N, len(conditions)]`` mean denoising loss of each sample under each condition, at the fixed probe.
+    """``[N, len(conditions)]`` mean squared denoising error of each sample under each condition, at the fixed
+    probe (the same noise levels and noise for every condition).
 
     ``conditions`` are dicts for :meth:`ImageDiffusionTask.condition_kwargs`: ``{"labels": int}``,
     ``{"captions": str}``, ``{"per_sample": "labels" | "captions", "values": [...]}`` (one value per sample) or
     ``{"semantic": False}`` (the null condition).
     """
     device = task.scaling_factor.device
+    # plain squared error whatever loss the run trained with: the probe measures fit, a robust loss would cap it
+    objective = DiffusionObjective(task.schedule, L2Loss(), prediction=task.prediction)
     out = torch.zeros(len(ids), len(conditions), dtype=torch.float64)
     control = meta.get("sample_control")
     for start in range(0, len(ids), batch_size):
@@ -119,7 +124,7 @@ def condition_losses(
             )
             total = torch.zeros(b, dtype=torch.float64)
             for t, noise in zip(times, noises, strict=True):
-                loss = task.objective(task.denoiser, x0, model_kwargs=kwargs, t=t.to(device), noise=noise).loss
+                loss = objective(task.denoiser, x0, model_kwargs=kwargs, t=t.to(device), noise=noise).loss
                 total += loss.double().cpu()
             out[rows, column] = total / len(levels)
     return out
