@@ -13,7 +13,7 @@ import torch
 from robust_gen.audit import AuditScores, DataFilter, read_data_filter, score_metrics, write_audit
 from robust_gen.audit.metrics import corrupted_mask, precision_at_k
 from robust_gen.audit.probes import fixed_times, probe_noise
-from robust_gen.diffusion.schedules import DiscreteVP, ContinuousVP
+from robust_gen.diffusion.schedules import ContinuousVP, DiscreteVP
 from robust_gen.training.recipe import compose_config
 from robust_gen.training.sample_losses import SampleLossRecord, load_sample_losses
 

@@ -72,7 +72,7 @@ def score_metrics(scores: Sequence[float], corrupted: Sequence[bool]) -> dict[st
     """
     scores, corrupted = _checked(scores, corrupted)
     positives = int(corrupted.sum())
-    result = {"num_samples": int(len(scores)), "num_corrupted": positives,
+    result = {"num_samples": len(scores), "num_corrupted": positives,
               "chance_ap": float(positives / len(scores)) if len(scores) else float("nan")}
     if 0 < positives < len(scores):
         result.update(

@@ -8,10 +8,10 @@ per-sample loss, and uniformly random scores), so every audit reports what it ga
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
 from collections.abc import Sequence
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,7 +158,7 @@ def write_audit(out_dir: str | os.PathLike, audit: AuditScores, changed_indices:
     """
     out = Path(out_dir)
     corrupted = None if changed_indices is None else corrupted_mask(changed_indices, audit.ids)
-    summary: dict[str, Any] = {"kind": audit.kind, "num_samples": int(len(audit.ids)), "settings": audit.settings,
+    summary: dict[str, Any] = {"kind": audit.kind, "num_samples": len(audit.ids), "settings": audit.settings,
                                **(extra or {})}
     files = ["summary.json", "ranked.csv"]
     atomic_write_text(out / "ranked.csv", _ranked_csv(audit, corrupted))

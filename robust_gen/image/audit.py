@@ -30,6 +30,7 @@ import torch
 
 from robust_gen.audit.probes import DEFAULT_LEVELS, fixed_times, probe_noise
 from robust_gen.audit.report import AuditScores
+from robust_gen.audit.trajectory import late_tracked_loss
 from robust_gen.corruption.manifest import Manifest
 from robust_gen.diffusion.losses import L2Loss
 from robust_gen.diffusion.objective import DiffusionObjective
@@ -39,10 +40,8 @@ from robust_gen.image.data.imaging import save_grid
 from robust_gen.image.data.latents import load_or_encode
 from robust_gen.image.task import ImageDiffusionTask
 from robust_gen.training.recipe import MANIFEST_NAME
-from robust_gen.training.sample_losses import SAMPLE_LOSSES_NAME, load_sample_losses
 
-__all__ = ["ImageAuditData", "audit_image_run", "condition_losses", "load_audit_data", "late_tracked_loss",
-           "save_top_grid"]
+__all__ = ["ImageAuditData", "audit_image_run", "condition_losses", "load_audit_data", "save_top_grid"]
 
 log = logging.getLogger(__name__)
 
@@ -139,33 +138,6 @@ def _condition_args(condition: dict, rows: slice, batch: int) -> dict[str, Any]:
     if "labels" in condition:
         return {"labels": torch.full((batch,), int(condition["labels"]))}
     return {"captions": [str(condition["captions"])] * batch}
-
-
-def late_tracked_loss(run_dir: str | Path, ids: np.ndarray, fraction: float = 0.5) -> np.ndarray | None:
-    """Mean of the recorded per-epoch losses over the last ``fraction`` of the epochs, each epoch divided by its
-    median over the samples; None when the run has no record.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> from robust_gen.training.sample_losses import SampleLossRecord
-    >>> record = SampleLossRecord()
-    >>> for epoch in range(2):
-    ...     record.add(torch.arange(3), torch.tensor([1.0, 1.0, 4.0]) / (epoch + 1), epoch)
-    >>> late_tracked_loss(record.save(tempfile.mkdtemp()).parent, np.arange(3)).tolist()
-    [1.0, 1.0, 4.0]
-    """
-    path = Path(run_dir) / SAMPLE_LOSSES_NAME
-    if not path.is_file():
-        return None
-    means = load_sample_losses(path).mean_loss().numpy()
-    if means.shape[1] <= int(ids.max(initial=0)):
-        raise ValueError(f"{path} records {means.shape[1]} samples but the audit needs index {int(ids.max())}")
-    epochs = means.shape[0]
-    late = means[epochs - max(1, int(round(epochs * fraction))):, ids]
-    with np.errstate(invalid="ignore"):
-        normalised = late / np.nanmedian(late, axis=1, keepdims=True)
-        return np.nan_to_num(np.nanmean(normalised, axis=0), nan=0.0)
 
 
 def save_top_grid(images: np.ndarray, order: np.ndarray, path: str | Path, count: int = 64) -> Path:

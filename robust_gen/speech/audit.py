@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 
 from robust_gen.audit.probes import DEFAULT_LEVELS, fixed_times, probe_noise
 from robust_gen.audit.report import AuditScores
+from robust_gen.audit.trajectory import late_tracked_loss
 from robust_gen.corruption.manifest import Manifest
 from robust_gen.diffusion.losses import L2Loss
 from robust_gen.diffusion.objective import DiffusionObjective
@@ -37,7 +38,7 @@ from robust_gen.speech.gradtts.model import GradTTS, prior_loss_per_sample
 from robust_gen.speech.gradtts.text_encoder import sequence_mask
 from robust_gen.speech.synthesis import load_trained
 from robust_gen.training.recipe import MANIFEST_NAME
-from robust_gen.training.sample_losses import SAMPLE_INDEX_KEY, SAMPLE_LOSSES_NAME, load_sample_losses
+from robust_gen.training.sample_losses import SAMPLE_INDEX_KEY
 
 __all__ = ["SpeechAuditData", "audit_speech_run", "speaker_losses", "write_top_list"]
 
@@ -113,16 +114,6 @@ def load_speech_audit_data(cfg) -> SpeechAuditData:
     return SpeechAuditData(ids, records, manifest, num_records, training.dataset)
 
 
-def _tracked(run_dir: Path, ids: np.ndarray) -> np.ndarray | None:
-    path = run_dir / SAMPLE_LOSSES_NAME
-    if not path.is_file():
-        return None
-    means = load_sample_losses(path).mean_loss().numpy()
-    late = means[means.shape[0] // 2:, ids]
-    with np.errstate(invalid="ignore"):
-        return np.nan_to_num(np.nanmean(late / np.nanmedian(late, axis=1, keepdims=True), axis=0), nan=0.0)
-
-
 def _margin(losses: np.ndarray, claimed: np.ndarray) -> np.ndarray:
     rows = np.arange(len(claimed))
     others = losses.copy()
@@ -153,7 +144,7 @@ def audit_speech_run(
     own = diffusion[np.arange(len(claimed)), claimed]
     settings = {"levels": list(levels), "seed": seed, "checkpoint_step": trained.step, "weights": "ema"}
     baselines = {"final_loss": own}
-    tracked = _tracked(run_dir, data.ids)
+    tracked = late_tracked_loss(run_dir, data.ids)
     if tracked is not None:
         baselines["tracked_loss"] = tracked
     given = [r["speaker"] for r in data.records]
