@@ -96,6 +96,9 @@ class Augmentation:
 class LatentImageDataset(Dataset):
     """Cropped, possibly flipped latents with their label, caption and control metadata.
 
+    Every item carries ``sample_index``, the index of its record in ``records`` (the corruption manifest's
+    index), so the trainer can record per-sample losses (``trainer.track_sample_losses``).
+
     Parameters
     ----------
     records:
@@ -118,9 +121,6 @@ class LatentImageDataset(Dataset):
     data_filter:
         A :class:`~robust_gen.audit.filters.DataFilter` (``data.exclude``): samples left out or relabelled after
         the corruption, by record index (an audit's keep-list).
-
-    Every item carries ``sample_index``, the index of its record in ``records`` (the corruption manifest's
-    index), so the trainer can record per-sample losses (``trainer.track_sample_losses``).
 
     Examples
     --------
