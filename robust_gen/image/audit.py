@@ -11,11 +11,11 @@ conditions:
   captions)) with the class prompts (or a fixed draw of training captions) as references: a caption that does not
   describe the image helps the denoiser less than the empty one or another caption does.
 * **outliers** (one concept): score = the loss under the concept's condition (off-topic images are fitted worst);
-  with a per-sample loss record (``trainer.track_sample_losses``) also the late-training mean of the recorded
+  with a per-sample loss record (``trainer.track_sample_losses``) also the whole-training mean of the recorded
   losses, each epoch's values divided by that epoch's median (the whole set's loss falls as training goes on).
 
 Baselines reported beside each score: ``final_loss`` (the sample's own-condition loss at the probe) and, when the
-run recorded them, ``tracked_loss`` (the recorded late-training loss).
+run recorded them, ``tracked_loss`` (the recorded loss over training).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 
 from robust_gen.audit.probes import DEFAULT_LEVELS, fixed_times, probe_noise
 from robust_gen.audit.report import AuditScores
-from robust_gen.audit.trajectory import late_tracked_loss
+from robust_gen.audit.trajectory import tracked_loss_score
 from robust_gen.corruption.manifest import Manifest
 from robust_gen.diffusion.losses import L2Loss
 from robust_gen.diffusion.objective import DiffusionObjective
@@ -175,7 +175,7 @@ def audit_image_run(
     records = [data.records[i] for i in data.ids]
     losses = lambda conditions: condition_losses(  # noqa: E731
         task, data.latents, data.ids, conditions, meta=meta, levels=levels, seed=seed, batch_size=batch_size)
-    tracked = late_tracked_loss(run_dir, data.ids)
+    tracked = tracked_loss_score(run_dir, data.ids)
     baselines = {} if tracked is None else {"tracked_loss": tracked}
     if kind == "label_flip":
         if cfg.condition.kind != "class":

@@ -10,7 +10,7 @@ computes, under each speaker the model knows, the two losses that depend on the 
 The score of an utterance is its claimed speaker's loss minus the lowest loss under another speaker (positive:
 another voice explains the recording better), summed over the two terms; the suggested speaker is the argmin.
 Baselines beside it: each term's margin alone, ``final_loss`` (the claimed speaker's diffusion loss) and the
-recorded late-training loss (``trainer.track_sample_losses``). A single-speaker model cannot compare speakers:
+recorded loss over training (``trainer.track_sample_losses``). A single-speaker model cannot compare speakers:
 the score then falls back to the claimed speaker's loss (the outlier score) and the summary says so.
 """
 
@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 
 from robust_gen.audit.probes import DEFAULT_LEVELS, fixed_times, probe_noise
 from robust_gen.audit.report import AuditScores
-from robust_gen.audit.trajectory import late_tracked_loss
+from robust_gen.audit.trajectory import tracked_loss_score
 from robust_gen.corruption.manifest import Manifest
 from robust_gen.diffusion.losses import L2Loss
 from robust_gen.diffusion.objective import DiffusionObjective
@@ -144,7 +144,7 @@ def audit_speech_run(
     own = diffusion[np.arange(len(claimed)), claimed]
     settings = {"levels": list(levels), "seed": seed, "checkpoint_step": trained.step, "weights": "ema"}
     baselines = {"final_loss": own}
-    tracked = late_tracked_loss(run_dir, data.ids)
+    tracked = tracked_loss_score(run_dir, data.ids)
     if tracked is not None:
         baselines["tracked_loss"] = tracked
     given = [r["speaker"] for r in data.records]
