@@ -52,8 +52,9 @@ def test_importing_the_core_loads_no_forbidden_module():
 # Above the core: which robust_gen packages each layer may import. A modality never imports another modality;
 # speech and the studies reach speaker verification only through its public face (``robust_gen.speaker``).
 LAYERS = {
-    "image": {"image", *CORE},
-    "speech": {"speech", "speaker", *CORE},
+    "audit": {"audit", *CORE},  # the data audit's generic part: metrics, reports, filters; no modality
+    "image": {"image", "audit", *CORE},
+    "speech": {"speech", "speaker", "audit", *CORE},
     "speaker": {"speaker", "speech.data", *CORE},
     "experiments": {"experiments", "speaker", "speech.data", *CORE},
 }

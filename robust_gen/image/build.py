@@ -19,6 +19,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from robust_gen.audit.filters import read_data_filter
 from robust_gen.conditioning import ConditionalEmbeddingPerturbation
 from robust_gen.diffusion.ema import averaged_weights
 from robust_gen.diffusion.objective import DiffusionObjective
@@ -283,9 +284,11 @@ def prepare_training(cfg: DictConfig, run_dir: str | Path) -> ImageTraining:
                              "does not hold; use selection=random or an in-memory source")
         # "Least similar" by the images themselves (the paper uses CLIP image embeddings, not available offline).
         apply_kwargs["embeddings"] = source.images.reshape(len(source.images), -1)[[r["source"] for r in source.records]]
+    exclude = cfg.data.get("exclude")
     dataset = LatentImageDataset(
         source.records, table, augmentation, corruption=corruption, run_dir=run_dir, concept=concept,
         apply_kwargs=apply_kwargs, write_manifests=state.is_main_process,
+        data_filter=read_data_filter(exclude) if exclude else None,
     )
     torch.manual_seed(seed)  # the same initial weights on every process and every fresh start
     task = build_task(cfg, meta)

@@ -46,6 +46,7 @@ from robust_gen.training.data import EpochSampler
 from robust_gen.training.interrupt import StopRequested, handle_stop_signals, signal_name
 from robust_gen.training.metrics import MetricsLogger
 from robust_gen.training.run_dir import lock_run, set_run_aside, write_json
+from robust_gen.training.sample_losses import SampleLossRecord
 from robust_gen.training.settings import SETTING_RULES, Rule, changed_settings, check_settings, check_value
 from robust_gen.training.sharding import (
     full_model_state,
@@ -153,6 +154,8 @@ class TrainerConfig:
     #: A finished run re-run with the same command does nothing; ``resample=true`` runs the end-of-training
     #: sampling / evaluation hook again.
     resample: bool = False
+    #: Record every sample's loss per epoch (``sample_losses.safetensors``, read by ``tools/audit.py``).
+    track_sample_losses: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -279,6 +282,7 @@ class Trainer:
         self._stop_requested = False
         self._stop_signal: int | None = None
         self._eval_module: torch.nn.Module | None = None
+        self.sample_losses: SampleLossRecord | None = None  # trainer.track_sample_losses (sample_losses.py)
 
     # ----------------------------------------------------------------------------------------------- set-up
     def _build(self) -> None:
@@ -404,6 +408,8 @@ class Trainer:
                 config_yaml=self.config_yaml,
                 keep=self.cfg.keep_checkpoints,
             )
+            if self.sample_losses is not None:  # saved with each checkpoint, so a resume continues it in step
+                self.sample_losses.save(self.run_dir)
         self.accelerator.wait_for_everyone()
         return path
 
@@ -516,6 +522,8 @@ class Trainer:
     def _fit(self) -> dict[str, Any]:
         cfg = self.cfg
         resumed = self._resume()
+        if cfg.track_sample_losses:
+            self.sample_losses = SampleLossRecord.resume(self.run_dir)
         if resumed and self.step >= cfg.max_steps:
             return self._already_complete(cfg)
         metrics = (
@@ -632,6 +640,8 @@ class Trainer:
         with acc.accumulate(self.model):
             with autocast:
                 terms = self.model(batch, rng)
+            if self.sample_losses is not None:
+                self.sample_losses.add_batch(batch, terms, self.epoch, gather=acc.gather)
             loss, logged = self._total_loss(terms)
             finite = self._all_finite(loss.detach())
             if finite:

@@ -26,9 +26,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from robust_gen.audit.filters import DataFilter
 from robust_gen.corruption.records import is_record_table
 from robust_gen.image.data.latents import LatentTable
 from robust_gen.training.recipe import apply_corruption
+from robust_gen.training.sample_losses import SAMPLE_INDEX_KEY
 
 __all__ = ["CONTROL_NAMES", "Augmentation", "LatentImageDataset"]
 
@@ -95,6 +97,9 @@ class Augmentation:
 class LatentImageDataset(Dataset):
     """Cropped, possibly flipped latents with their label, caption and control metadata.
 
+    Every item carries ``sample_index``, the index of its record in ``records`` (the corruption manifest's
+    index), so the trainer can record per-sample losses (``trainer.track_sample_losses``).
+
     Parameters
     ----------
     records:
@@ -114,6 +119,9 @@ class LatentImageDataset(Dataset):
         Extra arguments of ``corruption.apply`` (e.g. ``embeddings`` for least-similar outliers).
     write_manifests:
         False on non-main processes, so that only one process writes manifests.
+    data_filter:
+        A :class:`~robust_gen.audit.filters.DataFilter` (``data.exclude``): samples left out or relabelled after
+        the corruption, by record index (an audit's keep-list).
 
     Examples
     --------
@@ -137,12 +145,14 @@ class LatentImageDataset(Dataset):
         concept: int | None = None,
         apply_kwargs: dict | None = None,
         write_manifests: bool = True,
+        data_filter: DataFilter | None = None,
     ) -> None:
         # A RecordTable (lazy sources) is immutable and columnar: kept as is, never turned into a million dicts.
         self.original = records if is_record_table(records) else [dict(r) for r in records]
         self.latents, self.augmentation = latents, augmentation
         self.corruption, self.run_dir, self.concept = corruption, run_dir, concept
         self.apply_kwargs, self.write_manifests = dict(apply_kwargs or {}), write_manifests
+        self.data_filter = data_filter
         latent_size = augmentation.resolution // augmentation.factor
         canvas_cells = latent_size + augmentation.margin // augmentation.factor
         if tuple(latents.mean.shape[-2:]) != (canvas_cells, canvas_cells):
@@ -168,11 +178,18 @@ class LatentImageDataset(Dataset):
                 records, _ = apply_corruption(self.corruption, records, self.run_dir, epoch=epoch, **self.apply_kwargs)
             else:
                 records, _ = self.corruption.apply(records, epoch=epoch, **self.apply_kwargs)
+        kept = np.arange(len(records))
+        if self.data_filter is not None:  # (a filter holds its records as dicts: fine up to millions, not free)
+            records, kept = self.data_filter.apply(records, where="the image data")
+            kept = np.asarray(kept, dtype=np.int64)
         if is_record_table(records):
             labels = records.column("label")
-            indices = np.arange(len(records)) if self.concept is None else np.flatnonzero(labels == self.concept)
+            indices = kept if self.concept is None else kept[labels[kept] == self.concept]
         else:
-            indices = [i for i, r in enumerate(records) if self.concept is None or r["label"] == self.concept]
+            indices = [int(i) for i in kept if self.concept is None or records[i]["label"] == self.concept]
+        if self.data_filter is not None and not len(self.indices):
+            log.info("data.exclude: %d sample(s) left out, %d relabelled; %d training examples",
+                     len(self.data_filter.exclude), len(self.data_filter.relabel), len(indices))
         if not len(indices):
             raise ValueError(f"no training record has label {self.concept}; check corruption.concept")
         if len(self.indices) and len(indices) != len(self.indices):
@@ -198,6 +215,7 @@ class LatentImageDataset(Dataset):
         item = {
             "latent_mean": self.latents.mean[record["source"], view, :, rows, cols],
             "label": torch.tensor(int(record["label"]), dtype=torch.long),
+            SAMPLE_INDEX_KEY: torch.tensor(self.indices[index], dtype=torch.long),
             "caption": str(record["caption"]),
             "control": torch.tensor(
                 [top, left, record["orig_height"], record["orig_width"], float(flip)], dtype=torch.float32

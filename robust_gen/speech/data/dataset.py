@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from robust_gen.audit.filters import read_data_filter
 from robust_gen.speech.data.filelists import (
     Records,
     read_filelist,
@@ -42,6 +43,7 @@ from robust_gen.speech.data.mel import MelConfig
 from robust_gen.speech.data.mel_cache import MelCache, MelFacts, fill_mel_cache, load_mel
 from robust_gen.speech.text import encode_text
 from robust_gen.training.run_dir import write_json
+from robust_gen.training.sample_losses import SAMPLE_INDEX_KEY
 
 __all__ = [
     "BAD_INPUT_POLICIES",
@@ -390,11 +392,14 @@ class TTSDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         record = self.records[index]
-        return {
+        item = {
             "tokens": torch.tensor(record["tokens"], dtype=torch.long),
             "mel": load_mel(record["mel_file"]),
             "speaker": torch.tensor(self.speakers[record["speaker"]], dtype=torch.long),
         }
+        if SAMPLE_INDEX_KEY in record:  # set by build_training_set: the manifest's index of the utterance
+            item[SAMPLE_INDEX_KEY] = torch.tensor(int(record[SAMPLE_INDEX_KEY]), dtype=torch.long)
+        return item
 
 
 def collate_tts(items: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -418,13 +423,16 @@ def collate_tts(items: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.
         tokens[i, : token_lengths[i]] = item["tokens"]
         mels[i, :, : mel_lengths[i]] = item["mel"]
     speakers = torch.stack([torch.as_tensor(item["speaker"], dtype=torch.long) for item in items])
-    return {
+    batch = {
         "tokens": tokens,
         "token_lengths": token_lengths,
         "mels": mels,
         "mel_lengths": mel_lengths,
         "speakers": speakers,
     }
+    if all(SAMPLE_INDEX_KEY in item for item in items):
+        batch[SAMPLE_INDEX_KEY] = torch.stack([torch.as_tensor(item[SAMPLE_INDEX_KEY]) for item in items])
+    return batch
 
 
 # ------------------------------------------------------------------------------------- the training set
@@ -509,13 +517,23 @@ def build_training_set(
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     write_filelist([{k: r[k] for k in ("path", "text", "speaker")} for r in clean], Path(run_dir) / CLEAN_FILELIST)
 
+    data_filter = read_data_filter(data["exclude"]) if data.get("exclude") else None
+
     def records_for_epoch(epoch: int) -> list[dict]:
         corrupted, _ = apply_corruption(corruption, clean, run_dir, epoch=epoch)
+        # the manifest's index of each utterance, carried to the batch (per-sample losses, the audit)
+        corrupted = [{**r, SAMPLE_INDEX_KEY: i} for i, r in enumerate(corrupted)]
+        if data_filter is not None:
+            corrupted, keep = data_filter.apply(corrupted, where="the speech data (usable utterances)")
+            corrupted = [corrupted[i] for i in keep]
         if data.get("single_speaker"):
             corrupted = [r for r in corrupted if r["speaker"] == target]
         return corrupted
 
     corrupted = records_for_epoch(0)
+    if data_filter is not None:
+        log.info("data.exclude: %d utterance(s) left out, %d relabelled", len(data_filter.exclude),
+                 len(data_filter.relabel))
     speakers = speaker_map([r["speaker"] for r in corrupted], run_dir)
     dataset = TTSDataset(corrupted, speakers, checks)
     if getattr(corruption, "is_epoch_dependent", False):
