@@ -78,3 +78,42 @@ def tiny_pipeline_builder():
 def tiny_pipeline_dir(tmp_path_factory, tiny_pipeline_builder):
     """A tiny StableDiffusionPipeline folder (U-Net, VAE, CLIP text model, generated tokenizer), saved once."""
     return tiny_pipeline_builder(tmp_path_factory.mktemp("sd") / "tiny_sd")
+
+
+def _free_port() -> int:
+    """A TCP port nobody listens on now: fixed rendezvous ports collide with other runs of the suite."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def run_child():
+    """``run_child(args, cwd)``: run a child process on one thread each, failing with its stderr when it fails."""
+    import subprocess
+
+    def run(args, cwd):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+        done = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, f"{args[0]} exited {done.returncode}:\n{done.stderr[-3000:]}"
+        return done
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def torchrun_two(run_child):
+    """``torchrun_two(args, cwd)``: ``torchrun --nproc_per_node 2`` on a free rendezvous port (skips without it)."""
+    import shutil
+    from pathlib import Path
+
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    if not Path(torchrun).exists():
+        pytest.skip("torchrun not installed")
+
+    def run(args, cwd):
+        return run_child([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), *args], cwd)
+
+    return run

@@ -1,31 +1,18 @@
 """Two data-parallel CPU processes (gloo) train the same model as one process with the same global batch."""
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
 HELPER = Path(__file__).parent / "helpers" / "ddp_toy_train.py"
 
 
-def _run(args, cwd):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    subprocess.run(args, cwd=cwd, env=env, check=True, capture_output=True, text=True, timeout=240)
-
-
-@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
-                    reason="torchrun not installed")
-def test_two_processes_match_one_process(tmp_path):
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-    _run([sys.executable, str(HELPER), str(tmp_path / "one"), "10"], cwd=tmp_path)
-    _run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", str(HELPER), str(tmp_path / "two"), "10"],
-         cwd=tmp_path)
+def test_two_processes_match_one_process(tmp_path, run_child, torchrun_two):
+    run_child([sys.executable, HELPER, tmp_path / "one", "10"], cwd=tmp_path)
+    torchrun_two([HELPER, tmp_path / "two", "10"], cwd=tmp_path)
     assert json.loads((tmp_path / "one" / "summary.json").read_text())["num_processes"] == 1
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["num_processes"] == 2
     one = load_file(str(tmp_path / "one" / "checkpoints" / "step_00000010" / "model.safetensors"))

@@ -1,9 +1,6 @@
 """Fully sharded training (trainer.fsdp, FSDP2) on 2 CPU processes (gloo) trains the same model as 1 process."""
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,14 +19,6 @@ from robust_gen.training.sharding import (
 from robust_gen.training.trainer import TrainerConfig
 
 HELPER = Path(__file__).parent / "helpers" / "ddp_toy_train.py"
-TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-needs_torchrun = pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun not installed")
-
-
-def _run(args, cwd):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def _checkpoint(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
@@ -40,16 +29,14 @@ def _ema(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / "checkpoints" / f"step_{step:08d}" / "ema.safetensors"))
 
 
-@needs_torchrun
-def test_two_sharded_processes_match_one_process_and_resume(tmp_path):
-    _run([sys.executable, str(HELPER), str(tmp_path / "one"), "10"], cwd=tmp_path)
-    launch = [TORCHRUN, "--nproc_per_node", "2", "--master_port", "29523", str(HELPER)]
-    _run([*launch, str(tmp_path / "fsdp"), "10", "--fsdp"], cwd=tmp_path)
+def test_two_sharded_processes_match_one_process_and_resume(tmp_path, run_child, torchrun_two):
+    run_child([sys.executable, HELPER, tmp_path / "one", "10"], cwd=tmp_path)
+    torchrun_two([HELPER, tmp_path / "fsdp", "10", "--fsdp"], cwd=tmp_path)
     # the whole task one unit: its own weights sharded too (the pytree-registered LossTerm outputs matter here)
-    _run([*launch, str(tmp_path / "root"), "10", "--fsdp-root"], cwd=tmp_path)
+    torchrun_two([HELPER, tmp_path / "root", "10", "--fsdp-root"], cwd=tmp_path)
     # the same command stopped at step 6 and run again to 10 (resume from a sharded run's checkpoint)
-    _run([*launch, str(tmp_path / "resumed"), "6", "6", "--fsdp"], cwd=tmp_path)
-    _run([*launch, str(tmp_path / "resumed"), "10", "6", "--fsdp"], cwd=tmp_path)
+    torchrun_two([HELPER, tmp_path / "resumed", "6", "6", "--fsdp"], cwd=tmp_path)
+    torchrun_two([HELPER, tmp_path / "resumed", "10", "6", "--fsdp"], cwd=tmp_path)
 
     summary = json.loads((tmp_path / "fsdp" / "summary.json").read_text())
     assert summary["num_processes"] == 2
