@@ -46,7 +46,6 @@ __all__ = [
 ]
 
 
-
 def default_cache_dir() -> Path:
     """The shared cache folder of every recipe: ``$ROBUST_GEN_CACHE`` if set, else ``~/.cache/robust_gen``.
 
@@ -56,8 +55,14 @@ def default_cache_dir() -> Path:
     Examples
     --------
     >>> import os
-    >>> os.environ.get("ROBUST_GEN_CACHE") is not None or default_cache_dir().name == "robust_gen"
+    >>> saved = os.environ.get("ROBUST_GEN_CACHE")
+    >>> os.environ["ROBUST_GEN_CACHE"] = "~/elsewhere"
+    >>> default_cache_dir() == Path.home() / "elsewhere"
     True
+    >>> del os.environ["ROBUST_GEN_CACHE"]
+    >>> default_cache_dir() == Path.home() / ".cache" / "robust_gen"
+    True
+    >>> os.environ.update({} if saved is None else {"ROBUST_GEN_CACHE": saved})
     """
     configured = os.environ.get("ROBUST_GEN_CACHE")
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "robust_gen"
