@@ -16,10 +16,14 @@ and the fix when it is not. :func:`apply_cpu_threads` then sets the intra-op thr
 
 Examples
 --------
->>> start_process(check_torch=False)
 >>> import os
->>> os.environ["OMP_WAIT_POLICY"]
+>>> saved = os.environ.pop("OMP_WAIT_POLICY", None)
+>>> start_process(check_torch=False); os.environ["OMP_WAIT_POLICY"]
 'PASSIVE'
+>>> os.environ["OMP_WAIT_POLICY"] = "ACTIVE"  # an explicit setting wins
+>>> start_process(check_torch=False); os.environ["OMP_WAIT_POLICY"]
+'ACTIVE'
+>>> os.environ.update({"OMP_WAIT_POLICY": saved or "PASSIVE"})
 """
 
 from __future__ import annotations

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 from robust_gen.launch import start_process
 
-start_process()  # before torch loads: idle OpenMP threads sleep; a mismatched torch trio exits with the fix
+# no torch here (the recipes it runs check the torch trio themselves): skip the ~2 s check
+start_process(check_torch=False)
 
 import argparse
 import sys
