@@ -28,7 +28,9 @@ Examples
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
 from collections.abc import Sequence
 
 __all__ = ["apply_cpu_threads", "start_process"]
@@ -45,6 +47,7 @@ def start_process(
     prints the recipe's help (:mod:`robust_gen.training.recipe_help`) and exits, before torch loads.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    atexit.register(_close_process_group)
     if help_for is not None:
         from robust_gen.training.recipe_help import print_help_if_asked
 
@@ -53,6 +56,15 @@ def start_process(
         from robust_gen.environment import exit_on_torch_mismatch
 
         exit_on_torch_mismatch()
+
+
+def _close_process_group() -> None:
+    """At exit, destroy a torch.distributed process group the run left open: otherwise its communication threads
+    are torn down with the interpreter and a process can abort (``terminate called without an active exception``,
+    SIGABRT) after its work is done, which a launcher reports as a failed run."""
+    distributed = sys.modules.get("torch.distributed")  # never import torch just to find nothing to close
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
 
 
 def apply_cpu_threads(threads: int | None) -> None:

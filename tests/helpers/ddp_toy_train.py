@@ -8,6 +8,10 @@ task itself (tests/test_sharding.py). Also the victim of the kill-and-resume tes
 
 import sys
 
+from robust_gen.launch import start_process
+
+start_process(check_torch=False)  # as every entry point: its exit closes the process group
+
 import torch
 from torch.utils.data import TensorDataset
 
