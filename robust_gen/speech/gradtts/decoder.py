@@ -20,6 +20,15 @@ ignores padded frames (the original normalises over the padding too), so a mel's
 much padding its batch has at that step. It adds no parameters; with no padding it computes exactly the original.
 ``attention_padding="include"`` computes the original's softmax over every frame, padded or not: the setting for
 the authors' released weights run exactly as they were trained (:mod:`robust_gen.speech.gradtts.convert`).
+
+A second option, off by default (``frequency_padding=0``, the original): extend the input by ``p`` bands at both
+edges of the frequency axis (copies of the edge band, or a mirror image) before the U-Net and crop the output back
+to ``n_feats``. Why: with the convolutions' zero padding the lowest and highest bands see a border that no inner
+band sees, and a small decoder learns to answer a deviation there weakly (issue 17: at the CPU scale the push back
+towards the data in band 79 was 0.55-0.65 of an inner band's, and the sampler let the top band drift to log-mel
+values far above any real one, heard as clicks). With the padding the edge bands are computed like inner ones.
+The padded bands carry no loss (they are cropped before it). ``n_feats + 2 p`` must stay divisible by the U-Net's
+stride, so ``p`` is a multiple of ``2 ** num_downsamplings / 2``.
 """
 
 from __future__ import annotations
@@ -170,6 +179,11 @@ class ScoreUNet(nn.Module):
     attention_padding:
         ``"ignore"`` (default): the linear attention's softmax skips padded frames; ``"include"``: over every
         frame, as the authors' code (module docstring).
+    frequency_padding:
+        Bands added at each edge of the frequency axis before the U-Net and cropped after it (module docstring);
+        0 (default) is the original network, and the only setting for imported weights.
+    frequency_padding_mode:
+        ``"replicate"`` (copies of the edge band, default) or ``"reflect"`` (a mirror image of the bands inside).
     gradient_checkpointing:
         In training mode with gradients on, run each resolution level (two ResNet blocks and the attention) under
         activation checkpointing: only the levels' inputs are stored, the rest is recomputed in the backward pass
@@ -184,6 +198,8 @@ class ScoreUNet(nn.Module):
     torch.Size([2, 8, 12])
     """
 
+    FREQUENCY_PADDING_MODES = ("replicate", "reflect")
+
     def __init__(
         self,
         dim: int = 64,
@@ -196,6 +212,8 @@ class ScoreUNet(nn.Module):
         attention_head_dim: int = 32,
         gradient_checkpointing: bool = False,
         attention_padding: str = "ignore",
+        frequency_padding: int = 0,
+        frequency_padding_mode: str = "replicate",
     ) -> None:
         super().__init__()
         self.gradient_checkpointing = bool(gradient_checkpointing)
@@ -207,6 +225,18 @@ class ScoreUNet(nn.Module):
             raise ValueError(f"n_feats={n_feats} must be divisible by 2**{self.num_downsamplings}")
         if dim % groups:
             raise ValueError(f"GroupNorm groups={groups} must divide dim={dim}")
+        if frequency_padding < 0 or (n_feats + 2 * frequency_padding) % 2**self.num_downsamplings:
+            raise ValueError(
+                f"frequency_padding={frequency_padding} must be >= 0 and keep n_feats + 2 * padding divisible by "
+                f"{2**self.num_downsamplings} (e.g. {2 ** max(self.num_downsamplings - 1, 0)} or a multiple of it)"
+            )
+        if frequency_padding_mode not in self.FREQUENCY_PADDING_MODES:
+            raise ValueError(
+                f"frequency_padding_mode must be one of {self.FREQUENCY_PADDING_MODES}, got {frequency_padding_mode!r}"
+            )
+        if frequency_padding_mode == "reflect" and frequency_padding >= n_feats:
+            raise ValueError(f"reflect padding needs frequency_padding < n_feats={n_feats}, got {frequency_padding}")
+        self.frequency_padding, self.frequency_padding_mode = int(frequency_padding), frequency_padding_mode
         self.dim, self.n_feats, self.speaker_dim, self.pe_scale = dim, n_feats, speaker_dim, pe_scale
         if speaker_dim:
             self.speaker_mlp = nn.Sequential(
@@ -277,6 +307,9 @@ class ScoreUNet(nn.Module):
                 raise ValueError("this decoder is multi-speaker: pass speaker embeddings")
             channels.append(self.speaker_mlp(speaker)[:, :, None].expand(-1, -1, x.shape[-1]))
         h = torch.stack(channels, dim=1)  # [B, 2 or 3, n_feats, T]
+        pad = self.frequency_padding
+        if pad:  # edge bands computed like inner ones (module docstring); cropped again below
+            h = nn.functional.pad(h, (0, 0, pad, pad), mode=self.frequency_padding_mode)
         mask2d = mask.unsqueeze(1)  # [B, 1, 1, T]
         masks, skips = [mask2d], []
         for block1, block2, attn, downsample in self.downs:
@@ -294,7 +327,8 @@ class ScoreUNet(nn.Module):
             h = self._level(_resnet_resnet_attention, block1, block2, attn, h, m, time)
             h = upsample(h * m)
         h = self.final_block(h, mask2d)
-        return (self.final_conv(h * mask2d) * mask2d).squeeze(1)
+        out = (self.final_conv(h * mask2d) * mask2d).squeeze(1)
+        return out[:, pad : out.shape[1] - pad] if pad else out
 
     def _level(self, function, *args: torch.Tensor | nn.Module) -> torch.Tensor:
         """``function(*args)``, under activation checkpointing when it is on and a gradient is being taken."""

@@ -191,6 +191,10 @@ class GradTTS(nn.Module):
     decoder_attention_padding:
         ``"ignore"`` (default: padded frames do not enter the decoder's linear-attention softmax) or
         ``"include"`` (the authors' computation; imported checkpoints run exactly as trained with it).
+    decoder_frequency_padding, decoder_frequency_padding_mode:
+        Bands added at each edge of the mel's frequency axis inside the decoder, and how (``"replicate"`` /
+        ``"reflect"``); 0 (default) is the paper's network and the setting of imported weights. The CPU configs
+        use 4 (issue 17; :class:`~robust_gen.speech.gradtts.decoder.ScoreUNet`).
     gradient_checkpointing:
         Recompute the decoder U-Net's activations in the backward pass instead of storing them (training mode
         only; see :class:`~robust_gen.speech.gradtts.decoder.ScoreUNet`): less memory for longer crops or bigger batches.
@@ -234,6 +238,8 @@ class GradTTS(nn.Module):
         output: str = "score",
         gradient_checkpointing: bool = False,
         decoder_attention_padding: str = "ignore",
+        decoder_frequency_padding: int = 0,
+        decoder_frequency_padding_mode: str = "replicate",
     ) -> None:
         super().__init__()
         if n_speakers < 1:
@@ -271,6 +277,8 @@ class GradTTS(nn.Module):
             attention_head_dim=decoder_attention_head_dim,
             gradient_checkpointing=gradient_checkpointing,
             attention_padding=decoder_attention_padding,
+            frequency_padding=decoder_frequency_padding,
+            frequency_padding_mode=decoder_frequency_padding_mode,
         )
         self.schedule = ContinuousVP(beta_min, beta_max)
         self.frame_multiple = 2**self.decoder.num_downsamplings
