@@ -212,6 +212,58 @@ def test_speech_series_over_steps(tmp_path: Path) -> None:
     assert record["speaker_sim.last.below.0.25"] == 1
 
 
+def test_speech_report_shows_the_contaminant_identification_level_and_ceiling(tmp_path: Path) -> None:
+    for method, seed in (("l2", 0), ("snr", 0)):
+        run = _speech_run(tmp_path, method, seed, [0.5, 0.7])
+        path = run / "speaker_sim" / "speaker_similarity.json"
+        summary = json.loads(path.read_text())
+        summary["per_step"][-1].update(similarity_to={"us_m1": 0.2}, identified=0.75, rms_dbfs_median=-23.5,
+                                       no_speech=1)  # fmt: skip
+        summary["ceiling"] = {"us_f1": {"mean": 0.93, "std": 0.02, "count": 10, "values": [0.93] * 10,
+                                        "held_out": ["x.wav"], "cached": True, "references": 30}}  # fmt: skip
+        path.write_text(json.dumps(summary))
+    record = read_run(tmp_path / "l2_0")
+    assert record["speaker_sim.last.similarity_to.us_m1"] == 0.2 and record["speaker_sim.last.identified"] == 0.75
+    assert record["speaker_sim.last.rms_dbfs_median"] == -23.5 and record["speaker_sim.last.no_speech"] == 1
+    assert record["speaker_sim.ceiling.mean"] == 0.93 and record["speaker_sim.ceiling.us_f1.references"] == 30
+    assert not any(k.endswith((".values", ".held_out", ".cached")) for k in record)
+    spec = STUDIES["huber_speech"]
+    assert "speaker_sim.last.similarity_to.*" in spec.metrics  # named after the config's contaminant
+    files = write_study_report(collect_runs([tmp_path]), spec, tmp_path / "out")
+    header = next(line for line in files["md"].read_text().splitlines() if line.startswith("| corruption.ratio"))
+    for key in ("speaker_sim.last.similarity_to.us_m1", "speaker_sim.last.identified", "speaker_sim.ceiling.mean",
+                "speaker_sim.last.rms_dbfs_median", "speaker_sim.last.no_speech"):  # fmt: skip
+        assert key in header
+    assert "*" not in header
+    assert files["png:speaker_sim.last.similarity_to.us_m1"].read_bytes()[:8] == PNG_MAGIC
+
+
+def test_speech_study_scores_with_contaminant_identification_and_ceiling(tmp_path: Path, capsys) -> None:
+    from robust_gen.experiments.driver import Runner, speech_study
+
+    runs = []
+    for ratio in (0.0, 0.2):
+        run = tmp_path / f"ratio={ratio}"
+        run.mkdir()
+        config = {"corruption": {"ratio": ratio}, "study": {"speaker_model": "model", "clean_reference": True},
+                  "data": {"source": "espeak", "root": None, "voices": None, "utterances_per_voice": 40,
+                           "corpus_seed": 0, "contaminant_speaker": "us_m1"}}  # fmt: skip
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+        runs.append(run)
+    speech_study(Runner(True, tmp_path / "logs"), runs, force=False)
+    commands = [line for line in capsys.readouterr().out.splitlines() if "speaker_sim.py" in line]
+    assert len(commands) == 2
+    for command in commands:
+        assert "--ceiling" in command and "--identify" in command and "--compare-to us_m1" in command
+    assert "--clean-run" in commands[1] and "--clean-run" not in commands[0]
+    single = {"source": "filelist", "filelist": "refs.txt"}  # one-speaker refs: no identification unless asked
+    (runs[0] / "config.yaml").write_text(yaml.safe_dump({"corruption": {"ratio": 0.0}, "data": single,
+                                                         "study": {"speaker_model": "model"}}))  # fmt: skip
+    speech_study(Runner(True, tmp_path / "logs"), runs[:1], force=False)
+    command = next(line for line in capsys.readouterr().out.splitlines() if "speaker_sim.py" in line)
+    assert "--identify" not in command and "--compare-to" not in command and "--ceiling" in command
+
+
 def test_bad_inputs_are_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"config\.yaml is missing"):
         read_run(tmp_path)

@@ -600,3 +600,185 @@ def test_vocoded_real_ceiling_and_identification(embedder, corpus):
     assert identification_accuracy(torch.stack(list(middle.values())), list(middle), middle) == 1.0
     swapped = list(middle)[::-1]  # 3 speakers reversed: only the middle one keeps its name
     assert identification_accuracy(torch.stack(list(middle.values())), swapped, middle) == pytest.approx(1 / 3)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Beside the similarity (issue 17): similarity to other speakers, identification, level, the ceiling.
+
+
+def _filelist(groups, path: Path, per_speaker: slice) -> Path:
+    path.write_text("".join(f"{p}|A sentence.|{s}\n" for s, files in groups.items() for p in files[per_speaker]))
+    return path
+
+
+def test_compare_to_and_identification_per_file_and_per_step(embedder, corpus, tmp_path):
+    from robust_gen.experiments.report import read_run
+    from robust_gen.speaker import centroids, identify
+
+    groups = by_speaker(corpus)
+    refs = _filelist(groups, tmp_path / "refs.txt", slice(0, 2))
+    # only us_m1 is synthesized: identification must still be among all three reference voices
+    run = make_run(tmp_path / "l2", {10: [("us_m1", groups["us_m1"][2]), ("us_m1", groups["gb_m2"][2])],
+                                     20: [("us_m1", groups["us_m1"][3])]})  # fmt: skip
+    (run / "config.yaml").write_text("trainer:\n  seed: 0\n")
+    result = evaluate_speaker_similarity(
+        embedder, [refs], runs=[run], out_dir=run / "speaker_sim", compare_to=["gb_m2", "gb_m2"], identify=True,
+        activity="flag",
+    )  # fmt: skip
+    ref_embeddings = {s: embedder.embed_waveforms([embedder.load(p) for p in f[:2]]) for s, f in groups.items()}
+    middle = centroids(ref_embeddings)
+    for score in result.scores:
+        unit = torch.nn.functional.normalize(embedder.embed_waveforms([embedder.load(score.file)]).double(), dim=1)
+        assert score.similarity_to == {"gb_m2": pytest.approx(float(unit[0] @ middle["gb_m2"]), abs=1e-5)}
+        assert score.identified_as == identify(unit, middle)[0]
+    summary = json.loads((run / "speaker_sim" / JSON_NAME).read_text())
+    assert summary["identify_among"] == ["gb_m2", "rp_m3", "us_m1"] and summary["compare_to"] == ["gb_m2"]
+    assert summary["ceiling"] is None
+    for row in summary["per_step"]:
+        mine = [s for s in result.scores if s.step == row["step"]]
+        assert row["similarity_to"]["gb_m2"] == pytest.approx(np.mean([s.similarity_to["gb_m2"] for s in mine]))
+        assert row["identified"] == pytest.approx(np.mean([s.identified_as == "us_m1" for s in mine]))
+        assert row["rms_dbfs_median"] < 0 and row["no_speech"] == 0
+    rows = list(csv.DictReader((run / "speaker_sim" / CSV_NAME).open()))
+    assert {"similarity_to_gb_m2", "identified_as"} <= set(rows[0])
+    assert {r["identified_as"] for r in rows} <= set(groups)
+    steps = list(csv.DictReader((run / "speaker_sim" / "per_step.csv").open()))
+    assert {"similarity_to_gb_m2", "identified"} <= set(steps[0]) and steps[0]["similarity_to_gb_m2"] != ""
+    # the study report's keys: the last step's fields, flattened
+    record = read_run(run)
+    last = summary["last_step"]["l2"]
+    assert last["step"] == 20
+    assert record["speaker_sim.last.similarity_to.gb_m2"] == pytest.approx(last["similarity_to"]["gb_m2"])
+    assert record["speaker_sim.last.identified"] == last["identified"]
+    assert record["speaker_sim.last.rms_dbfs_median"] == last["rms_dbfs_median"]
+    assert record["speaker_sim.last.no_speech"] == 0
+
+
+def test_a_file_nearest_another_speakers_centroid_is_not_identified():
+    from robust_gen.speaker.inputs import AudioItem
+    from robust_gen.speaker.reports import per_step_table
+    from robust_gen.speaker.similarity import score_samples
+
+    refs = {"a": torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0]]), "b": torch.tensor([[0.0, 1.0, 0.0]]),
+            "c": torch.tensor([[0.0, 0.0, 1.0]])}  # fmt: skip
+    items = [AudioItem(Path(f"a_{i}.wav"), "a", "run", 5) for i in range(4)]
+    embeddings = {items[0].path: torch.tensor([1.0, 0.05, 0.0]), items[1].path: torch.tensor([0.8, 0.0, 0.3]),
+                  items[2].path: torch.tensor([0.3, 0.9, 0.0]),  # labelled a, nearest b
+                  items[3].path: torch.tensor([0.1, 0.2, 0.9])}  # labelled a, nearest c  # fmt: skip
+    scores, skipped = score_samples(items, embeddings, refs, compare_to=["b"], identify_speaker=True)
+    assert skipped == [] and [s.identified_as for s in scores] == ["a", "a", "b", "c"]
+    assert scores[2].similarity_to["b"] > scores[2].centroid_similarity  # closer to b than to its own speaker
+    (row,) = per_step_table(scores, [0.5])
+    assert row["identified"] == 0.5
+    assert row["similarity_to"]["b"] == pytest.approx(np.mean([s.similarity_to["b"] for s in scores]))
+    # not asked: no field, no key
+    plain, _ = score_samples(items, embeddings, refs)
+    assert plain[0].similarity_to is None and plain[0].identified_as is None
+    assert "identified" not in per_step_table(plain, [0.5])[0]
+    with pytest.raises(ValueError, match=r"compare_to speaker\(s\) \['z'\]"):
+        score_samples(items, embeddings, refs, compare_to=["z"])
+
+
+def test_compare_to_speaker_without_references_is_one_clear_error(embedder, corpus, tmp_path):
+    groups = by_speaker(corpus)
+    refs = tmp_path / "refs"
+    for speaker in ("us_m1", "gb_m2"):
+        (refs / speaker).mkdir(parents=True)
+        shutil.copy(groups[speaker][0], refs / speaker / "0.wav")
+    (refs / "rp_m3").mkdir()  # a folder without audio is no reference either
+    synth = tmp_path / "synth"
+    synth.mkdir()
+    shutil.copy(groups["us_m1"][1], synth / "us_m1_0.wav")
+    for name in ("nobody", "rp_m3"):
+        with pytest.raises(ValueError, match=rf"compare_to speaker '{name}' has no reference audio; reference "
+                                             r"speakers found: \['gb_m2', 'us_m1'\]"):  # fmt: skip
+            evaluate_speaker_similarity(embedder, [refs], [synth], compare_to=[name])
+    with pytest.raises(ValueError, match="identification needs references of at least two speakers"):
+        evaluate_speaker_similarity(embedder, [groups["us_m1"][0]], [synth], identify=True)
+
+
+def test_tool_ceiling_compare_to_identify_and_cache(trained, corpus, tmp_path, capsys, monkeypatch):
+    from robust_gen.experiments.report import read_run
+    from robust_gen.speaker import ceiling as ceiling_module
+    from robust_gen.speaker import vocoded_real_ceiling
+    from robust_gen.speech.vocoder import GriffinLimVocoder
+
+    groups = by_speaker(corpus)
+    refs = str(Path(corpus[0]["path"]).parents[1] / "filelist.txt")  # 4 utterances per voice
+    run = make_run(tmp_path / "l2", {10: [("us_m1", groups["us_m1"][1])], 20: [("us_m1", groups["us_m1"][2])]})
+    (run / "config.yaml").write_text("trainer:\n  seed: 0\n")
+    tool = _load_script(REPO / "tools" / "speaker_sim.py", "speaker_sim_tool_ceiling")
+    args = ["--model", str(trained[1]), "--refs", refs, "--runs", str(run), "--cache-dir", str(tmp_path / "cache"),
+            "--no-progress", "--compare-to", "gb_m2", "--identify", "--ceiling", "--ceiling-files", "2"]  # fmt: skip
+    assert tool.main(args) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((run / "speaker_sim" / JSON_NAME).read_text())
+    found = summary["ceiling"]["us_m1"]
+    held = sorted(groups["us_m1"])[-2:]
+    assert found["count"] == 2 and found["references"] == 2 and found["cached"] is False
+    assert found["held_out"] == [p.name for p in held]
+    # the recipe's default features and vocoder (configs/tts/train.yaml: Griffin-Lim, 32 iterations)
+    embedder = SpeakerEmbedder(load_speaker_encoder(trained[1]), progress=False)
+    direct = vocoded_real_ceiling(embedder, sorted(groups["us_m1"])[:2], held, GriffinLimVocoder(n_iter=32))
+    assert found["mean"] == pytest.approx(direct["mean"], abs=1e-4)
+    assert f"(ceiling {found['mean']:.3f})" in printed and "vocoded-real ceiling of us_m1" in printed
+    assert "to gb_m2" in printed and "identified" in printed
+    assert summary["per_step"][-1]["similarity_to"].keys() == {"gb_m2"}
+    record = read_run(run)
+    assert record["speaker_sim.ceiling.mean"] == pytest.approx(found["mean"])
+    assert record["speaker_sim.ceiling.us_m1.count"] == 2
+    assert "speaker_sim.last.similarity_to.gb_m2" in record and "speaker_sim.last.identified" in record
+    # the second scoring of the same references reads the ceiling from the cache
+    monkeypatch.setattr(ceiling_module, "vocoded_real_ceiling", lambda *a, **k: pytest.fail("not cached"))
+    assert tool.main(args) == 0
+    again = json.loads((run / "speaker_sim" / JSON_NAME).read_text())["ceiling"]["us_m1"]
+    assert again["cached"] is True and again["mean"] == found["mean"]
+    capsys.readouterr()
+    # too few references to hold out, an unknown speaker: one line each, exit 2
+    for extra, message in ((["--ceiling-files", "4"], "lower the number held out"),
+                           (["--compare-to", "nobody"], "compare_to speaker 'nobody' has no reference audio")):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            tool.main([*args, *extra])
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err
+        assert message in error and len(error.strip().splitlines()) == 1
+
+
+def test_ceiling_cache_key_follows_files_and_vocoder_settings(tmp_path):
+    from robust_gen.speaker import CeilingSpec, speaker_ceilings
+
+    for i in range(3):
+        save_audio(tmp_path / f"a_{i}.wav", 0.3 * torch.randn(22050), 22050)
+    calls = []
+
+    class Constant:
+        sample_rate, fingerprint = 16000, "constant"
+
+        def embed_waveforms(self, waves):
+            calls.append(len(waves))
+            return torch.ones(len(waves), 4)
+
+        def embed_files(self, paths, **kwargs):
+            return {Path(p): torch.ones(4) for p in paths}, []
+
+    files = {"a": sorted(tmp_path.glob("*.wav"))}
+
+    def vocoder(mel):
+        return torch.zeros(1, mel.shape[-1] * 256)
+
+    def measure(settings, held_out=1):
+        calls.clear()
+        found = speaker_ceilings(Constant(), files, ["a"], CeilingSpec(vocoder, settings, held_out), cache_dir=tmp_path)
+        return found["a"], bool(calls)
+
+    first, measured = measure({"n_iter": 32})
+    assert measured and first["cached"] is False and first["mean"] == 1.0
+    second, measured = measure({"n_iter": 32})
+    assert not measured and second == {**first, "cached": True}  # read from the cache
+    assert measure({"n_iter": 8})[1] is True  # other vocoder settings: measured again
+    assert measure({"n_iter": 32}, held_out=2)[0]["held_out"] == ["a_1.wav", "a_2.wav"]
+    save_audio(files["a"][-1], 0.3 * torch.randn(22050), 22050)  # a replaced file: measured again
+    os.utime(files["a"][-1], ns=(0, files["a"][-1].stat().st_mtime_ns + 10**9))
+    assert measure({"n_iter": 32})[1] is True
+    with pytest.raises(ValueError, match="at least one held-out file"):
+        CeilingSpec(vocoder, {}, held_out=0)

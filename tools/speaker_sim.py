@@ -8,6 +8,16 @@ Writes beside what it scored (<run>/speaker_sim/ for one --runs folder; see --ou
 and overall, counts below each threshold, skipped files), and with several steps or runs per_step.csv,
 similarity_over_steps.png and (with --clean-run) resilience.csv. No network? Train the offline model with
 ``python recipes/speaker/train.py`` and pass ``--model runs/speaker/default/model``.
+
+What a similarity means (study 3 passes all three; issue 17):
+
+* ``--compare-to us_m1``: each file's similarity to another speaker's centroid too (the contaminant);
+* ``--identify``: each file's nearest centroid among every reference speaker (give the folder of all voices);
+  per step, the share named as their own speaker;
+* ``--ceiling``: the vocoded-real ceiling of each synthesized speaker: its last ``--ceiling-files`` references
+  (sorted) are held out, turned into log-mels and back through the speech recipe's default vocoder
+  (configs/tts/train.yaml: ``mel`` and ``vocoder``, Griffin-Lim), and scored against its other references;
+  printed beside the similarity and cached under the cache folder.
 """
 
 from __future__ import annotations
@@ -20,12 +30,15 @@ import argparse
 import sys
 from pathlib import Path
 
+import yaml
+
 from robust_gen.environment import default_cache_dir
 from robust_gen.speaker import (
     ACTIVITY_MODES,
     DEFAULT_HUB_MODEL,
     DEFAULT_THRESHOLDS,
     ActivityCheck,
+    CeilingSpec,
     SpeakerEmbedder,
     SpeakerModelUnavailable,
     default_out_dir,
@@ -35,6 +48,31 @@ from robust_gen.speaker import (
     model_threshold,
     threshold_key,
 )
+
+REPO = Path(__file__).resolve().parents[1]
+TTS_CONFIG = REPO / "configs" / "tts" / "train.yaml"
+
+
+def recipe_vocoder_settings(config: Path = TTS_CONFIG) -> dict:
+    """The speech recipe's default ``mel`` and ``vocoder`` sections (what a run's samples go through)."""
+    try:
+        cfg = yaml.safe_load(config.read_text())
+        return {"mel": dict(cfg["mel"]), "vocoder": {k: v for k, v in cfg["vocoder"].items() if v is not None}}
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as error:
+        raise ValueError(f"--ceiling reads the recipe's mel and vocoder settings from {config}: {error}") from None
+
+
+def ceiling_spec(held_out: int, device: str) -> CeilingSpec:
+    """Held-out real files through the recipe's default features and vocoder (imported here: the speaker
+    package does not import the speech models)."""
+    from robust_gen.speech.data.mel import MelConfig
+    from robust_gen.speech.vocoder import build_vocoder
+
+    settings = recipe_vocoder_settings()
+    mel_config = MelConfig(**settings["mel"])
+    options = {k: v for k, v in settings["vocoder"].items() if k != "kind"}
+    vocoder = build_vocoder(settings["vocoder"]["kind"], mel_config=mel_config, device=device, **options)
+    return CeilingSpec(vocoder, settings["vocoder"], held_out=held_out, mel_config=mel_config)
 
 
 def _thresholds(text: str) -> list[float]:
@@ -116,6 +154,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-voiced-share", type=float, default=ActivityCheck.min_voiced_share,
         help="least share of active voiced frames (0 for breathy voices that YIN rarely finds voiced)",
     )
+    parser.add_argument(
+        "--compare-to", nargs="+", default=[], metavar="SPK",
+        help="speakers whose similarity is also computed for every file (e.g. the contaminant); in --refs",
+    )
+    parser.add_argument(
+        "--identify", action="store_true",
+        help="name each file's nearest speaker among every reference speaker (--refs: all the voices)",
+    )
+    parser.add_argument(
+        "--ceiling", action="store_true",
+        help="the vocoded-real ceiling of each synthesized speaker, from held-out references (slow once, cached)",
+    )
+    parser.add_argument(
+        "--ceiling-files", type=int, default=None, metavar="N",
+        help="references held out per speaker for --ceiling (the last N, sorted; default 10)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser  # fmt: skip
 
@@ -125,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be positive, got {args.batch_size}")
+    if args.ceiling_files is not None and not args.ceiling:
+        parser.error("--ceiling-files needs --ceiling")
+    held_out = 10 if args.ceiling_files is None else args.ceiling_files
+    if held_out < 1:
+        parser.error(f"--ceiling-files must be positive, got {held_out}")
     try:
         encoder = load_speaker_encoder(args.model, device=args.device, hub_timeout=args.hub_timeout)
         embedder = SpeakerEmbedder(
@@ -140,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             cache_dir=cache_dir, strict=args.strict, model_name=str(args.model), activity=args.activity,
             activity_check=ActivityCheck(min_active_share=args.min_active_share,
                                          min_voiced_share=args.min_voiced_share),
+            compare_to=args.compare_to, identify=args.identify,
+            ceiling=ceiling_spec(held_out, args.device) if args.ceiling else None,
         )  # fmt: skip
     except (SpeakerModelUnavailable, FileNotFoundError, ValueError) as error:
         parser.exit(2, f"speaker_sim: error: {error}\n")

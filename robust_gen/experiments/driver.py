@@ -383,16 +383,25 @@ def speech_study(run: Runner, runs: list[Path], force: bool) -> None:
             continue
         cfg = _config(run_dir)
         data = cfg["data"]
+        # identification needs several reference voices: the espeak corpus has them (one folder each); another
+        # corpus only when the study says so (study.identify), as a one-speaker filelist would fail
+        identify = bool(cfg["study"].get("identify", False))
         if data.get("source") == "espeak" and data.get("root") is None:
-            refs = default_corpus_root(data.get("voices") or DEFAULT_VOICES, data["utterances_per_voice"],
-                                       data["corpus_seed"])  # fmt: skip
+            voices = data.get("voices") or DEFAULT_VOICES
+            refs = default_corpus_root(voices, data["utterances_per_voice"], data["corpus_seed"])
+            identify = identify or len(voices) > 1
         else:
             refs = data.get("filelist") or data.get("root")
         clean = _clean_run(run_dir, runs) if cfg["study"].get("clean_reference") else None
         args = [sys.executable, "tools/speaker_sim.py", "--model", cfg["study"]["speaker_model"], "--refs",
                 str(refs), "--runs", str(run_dir), "--out", str(out), "--no-progress",
                 # flag, not exclude: a run whose samples are all unusable still gets its row and its count
-                "--activity", str(cfg["study"].get("activity", "flag"))]  # fmt: skip
+                "--activity", str(cfg["study"].get("activity", "flag")),
+                "--ceiling"]  # the vocoded-real ceiling beside every similarity (cached: measured once)  # fmt: skip
+        if identify:
+            args.append("--identify")
+        if data.get("contaminant_speaker"):
+            args += ["--compare-to", str(data["contaminant_speaker"])]
         if clean is not None:
             args += ["--clean-run", str(clean)]
         run(args, "speaker_sim")

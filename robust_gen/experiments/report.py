@@ -19,6 +19,7 @@ The pipeline is made of pure functions on plain dicts so that it can be tested o
 from __future__ import annotations
 
 import csv
+import fnmatch
 import io
 import json
 import math
@@ -40,6 +41,7 @@ __all__ = [
     "aggregate",
     "collect_runs",
     "collect_series",
+    "expand_metrics",
     "find_run_dirs",
     "flatten",
     "format_value",
@@ -210,7 +212,34 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
             for row in _own_rows(data.get("resilience") or [], run_dir):
                 if row.get("step") == last["step"]:
                     record["speaker_sim.last.resilience"] = row.get("resilience")
+        record.update(_ceiling_keys(data.get("ceiling")))
     return record
+
+
+def _ceiling_keys(ceiling: Any) -> dict[str, Any]:
+    """``speaker_sim.ceiling.<speaker>.<stat>`` of each synthesized speaker's vocoded-real ceiling, and
+    ``speaker_sim.ceiling.mean``: the mean of the speakers' means (the ceiling itself for one speaker).
+
+    Examples
+    --------
+    >>> keys = _ceiling_keys({"us_f1": {"mean": 0.93, "std": 0.02, "count": 10, "values": [0.9], "cached": True}})
+    >>> keys["speaker_sim.ceiling.mean"], keys["speaker_sim.ceiling.us_f1.count"], "values" in str(keys)
+    (0.93, 10, False)
+    """
+    if not isinstance(ceiling, Mapping) or not ceiling:
+        return {}
+    out: dict[str, Any] = {}
+    means = []
+    for speaker, found in ceiling.items():
+        if not isinstance(found, Mapping):
+            continue
+        stats = {k: v for k, v in found.items() if k not in ("values", "held_out", "cached")}
+        out.update(flatten(stats, f"speaker_sim.ceiling.{speaker}"))
+        if _number(found.get("mean")) is not None:
+            means.append(float(found["mean"]))
+    if means:
+        out["speaker_sim.ceiling.mean"] = statistics.fmean(means)
+    return out
 
 
 def _own_rows(rows: list[dict], run_dir: Path) -> list[dict]:
@@ -619,6 +648,24 @@ def write_spread(
     return rows
 
 
+def expand_metrics(patterns: Sequence[str], records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Metric keys of a study: each plain key as is, each pattern with ``*`` (``speaker_sim.last.similarity_to.*``:
+    named after a speaker the config chose) replaced by the matching keys of ``records``, sorted.
+
+    Examples
+    --------
+    >>> records = [{"a.to.us_m1": 0.1, "b": 1}, {"a.to.gb_m2": 0.2}]
+    >>> expand_metrics(["b", "a.to.*", "c.*"], records)
+    ['b', 'a.to.gb_m2', 'a.to.us_m1']
+    """
+    keys = sorted({k for record in records for k in record})
+    out: list[str] = []
+    for pattern in patterns:
+        found = [k for k in keys if fnmatch.fnmatchcase(k, pattern)] if "*" in pattern else [pattern]
+        out += [k for k in found if k not in out]
+    return out
+
+
 def write_study_report(
     records: Sequence[Mapping[str, Any]],
     spec: StudySpec,
@@ -645,15 +692,16 @@ def write_study_report(
     """
     out_dir = Path(out_dir)
     by = (*spec.by, *spec.extra_by)
-    rows = aggregate(records, by, spec.metrics)
+    metrics = expand_metrics(spec.metrics, records)
+    rows = aggregate(records, by, metrics)
     files = {
         "md": write_markdown(
-            rows, by, spec.metrics, out_dir / f"{name}.md", title=spec.title, notes=spec.notes
+            rows, by, metrics, out_dir / f"{name}.md", title=spec.title, notes=spec.notes
         ),
         "csv": write_csv(rows, out_dir / f"{name}.csv"),
         "runs_csv": write_csv(records, out_dir / f"{name}_runs.csv"),
     }
-    spread = write_spread(records, by, spec.metrics, out_dir / f"{name}_spread.csv")
+    spread = write_spread(records, by, metrics, out_dir / f"{name}_spread.csv")
     if spread:
         files["spread_csv"] = out_dir / f"{name}_spread.csv"
         designs = sorted({r["design"] for r in spread})
@@ -671,7 +719,7 @@ def write_study_report(
             handle.write("\n" + files["claims_md"].read_text())
     numeric_x = all(_number(r.get(spec.x)) is not None for r in rows)
     hue = tuple(k for k in by if k != spec.x)
-    for metric in spec.metrics if numeric_x else ():
+    for metric in metrics if numeric_x else ():
         if any(r[f"{metric}.n"] for r in rows):
             files[f"png:{metric}"] = plot_metric(
                 rows, spec.x, metric, out_dir / f"{name}_{metric}.png", hue=hue, title=spec.title,

@@ -118,11 +118,18 @@ STUDIES: dict[str, StudySpec] = {
     "huber_speech": StudySpec(
         "Scheduled pseudo-Huber, speech: target speaker contaminated by another (Khrapov et al. 2024)",
         by=("corruption.ratio", "loss.method"), x="corruption.ratio", x_scale=100.0, xlabel="contamination (%)",
-        metrics=("speaker_sim.last.mean", "speaker_sim.last.resilience", "speaker_sim.last.below.0.25",
-                 "speaker_sim.mean", "speaker_sim.last.step"),
+        metrics=("speaker_sim.last.mean", "speaker_sim.ceiling.mean", "speaker_sim.last.similarity_to.*",
+                 "speaker_sim.last.identified", "speaker_sim.last.resilience", "speaker_sim.last.below.0.25",
+                 "speaker_sim.last.rms_dbfs_median", "speaker_sim.last.no_speech", "speaker_sim.mean",
+                 "speaker_sim.last.step"),
         series_metrics=("speaker_sim.mean",),
-        notes="speaker_sim.last.*: speaker similarity of the synthesized speech to the target's recordings at the "
-        "last evaluated step (resilience: minus the ratio-0 run's); speaker_sim.mean: over every evaluated step; "
+        notes="speaker_sim.last.*: at the last evaluated step, the speaker similarity of the synthesized speech to "
+        "the target's recordings (resilience: minus the ratio-0 run's); ceiling.mean: the vocoded-real ceiling "
+        "(held-out real utterances of the target through log-mel and the recipe's vocoder, against the other "
+        "references): what a perfect acoustic model would score; similarity_to.<speaker>: similarity to the "
+        "contaminant's recordings (us_m1 in the CPU overlay); identified: share of samples whose nearest voice "
+        "among every corpus voice is the target; rms_dbfs_median: median level (dBFS); no_speech: samples that "
+        "fail the speech-activity check (flagged, still scored); speaker_sim.mean: over every evaluated step; "
         "below.0.25: samples under the VoxCeleb model's threshold (other thresholds in the CSV); series plot: "
         "similarity over training iterations.",
         recipe="tts", overlays=('huber_speech',),

@@ -22,7 +22,15 @@ from robust_gen.speaker.activity import (
     speech_activity,
 )
 from robust_gen.speaker.calibration import calibrate, model_threshold, write_calibration
-from robust_gen.speaker.ceiling import centroids, identification_accuracy, identify, vocoded_real_ceiling
+from robust_gen.speaker.ceiling import (
+    CeilingSpec,
+    centroids,
+    hold_out,
+    identification_accuracy,
+    identify,
+    speaker_ceilings,
+    vocoded_real_ceiling,
+)
 from robust_gen.speaker.inputs import collect_synthesized
 from robust_gen.speaker.loading import (
     DEFAULT_HUB_MODEL,
@@ -58,6 +66,7 @@ __all__ = [
     "DEFAULT_THRESHOLDS",
     "JSON_NAME",
     "ActivityCheck",
+    "CeilingSpec",
     "SpeakerEmbedder",
     "SpeakerModelSpec",
     "SpeakerModelUnavailable",
@@ -74,12 +83,14 @@ __all__ = [
     "espeak_training_records",
     "evaluate_speaker_similarity",
     "headline",
+    "hold_out",
     "hyperparams_yaml",
     "identification_accuracy",
     "identify",
     "load_speaker_encoder",
     "model_threshold",
     "save_speaker_model",
+    "speaker_ceilings",
     "speech_activity",
     "threshold_key",
     "train_speaker_model",

@@ -13,6 +13,7 @@ Unusable inputs are not errors here: they are listed as ``{"file", "reason", "ro
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import re
@@ -27,6 +28,7 @@ __all__ = [
     "AudioItem",
     "collect_references",
     "collect_synthesized",
+    "file_fingerprint",
     "is_run_dir",
     "parse_step",
     "read_samples_jsonl",
@@ -46,6 +48,22 @@ class AudioItem:
     speaker: str
     run: str = ""
     step: int | None = None
+
+
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """A key of a file that changes whenever it is replaced or edited: SHA-1 of (resolved path, mtime, size).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> file = pathlib.Path(tempfile.mkdtemp()) / "a.wav"; _ = file.write_bytes(b"x")
+    >>> before = file_fingerprint(file); _ = file.write_bytes(b"xy")
+    >>> before == file_fingerprint(file), len(before)
+    (False, 40)
+    """
+    file = Path(path).resolve()
+    stat = file.stat()
+    return hashlib.sha1(f"{file}|{stat.st_mtime_ns}|{stat.st_size}".encode()).hexdigest()
 
 
 def speaker_from_filename(path: str | os.PathLike) -> str | None:

@@ -61,6 +61,10 @@ class SampleScore:
     active_share: float | None = None
     voiced_share: float | None = None
     speech_ok: bool | None = None
+    # centroid similarity to other speakers (compare_to, e.g. the contaminant); None when not asked
+    similarity_to: dict[str, float] | None = None
+    # the speaker of the nearest reference centroid among every reference speaker (identify); None when not asked
+    identified_as: str | None = None
 
 
 def threshold_key(threshold: float) -> str:
@@ -72,12 +76,22 @@ def similarity_stats(scores: Sequence[SampleScore], thresholds: Sequence[float])
     """Count, mean, sample std (ddof 1), min, max of the centroid similarity, the pairwise mean, and the
     number of samples strictly below each threshold (the pseudo-Huber paper's Figure 4).
 
+    Where measured, also: ``similarity_to`` (``{speaker: mean}``, the similarity to other speakers' centroids),
+    ``identified`` (the share of files whose nearest centroid is their own speaker's), and the level and
+    speech activity (``rms_dbfs_median``, ``active_share_mean``, ``voiced_share_mean``, ``no_speech``: files
+    that failed the activity check).
+
     Examples
     --------
     >>> s = [SampleScore("f", "a", "", None, v, v) for v in (0.2, 0.6, 0.8)]
     >>> stats = similarity_stats(s, [0.25, 0.7])
     >>> stats["count"], round(stats["mean"], 4), stats["below"]
     (3, 0.5333, {'0.25': 1, '0.7': 2})
+    >>> s = [SampleScore("f", "a", "", None, 0.8, 0.8, similarity_to={"b": b}, identified_as=n)
+    ...      for b, n in ((0.1, "a"), (0.3, "b"))]
+    >>> stats = similarity_stats(s, [])
+    >>> round(stats["similarity_to"]["b"], 4), stats["identified"]
+    (0.2, 0.5)
     """
     values = torch.tensor([s.centroid_similarity for s in scores], dtype=torch.float64)
     pairwise = torch.tensor([s.mean_pairwise_similarity for s in scores], dtype=torch.float64)
@@ -92,6 +106,15 @@ def similarity_stats(scores: Sequence[SampleScore], thresholds: Sequence[float])
             "voiced_share_mean": sum(s.voiced_share for s in measured) / len(measured),
             "no_speech": sum(s.speech_ok is False for s in measured),
         }
+    compared: dict[str, list[float]] = defaultdict(list)
+    for score in scores:
+        for speaker, value in (score.similarity_to or {}).items():
+            compared[speaker].append(value)
+    if compared:
+        activity["similarity_to"] = {s: sum(v) / len(v) for s, v in sorted(compared.items())}
+    named = [s for s in scores if s.identified_as is not None]
+    if named:
+        activity["identified"] = sum(s.identified_as == s.speaker for s in named) / len(named)
     return {
         "count": count,
         "mean": float(values.mean()) if count else math.nan,
@@ -176,12 +199,16 @@ def headline(summary: dict) -> list[str]:
     lines = []
     clean = summary.get("clean_run")
     rows = summary["per_step"]
+    ceilings = summary.get("ceiling") or {}
+    # one synthesized speaker (the studies): its ceiling beside every similarity; several: listed after the runs
+    ceiling = f" (ceiling {next(iter(ceilings.values()))['mean']:.3f})" if len(ceilings) == 1 else ""
     for run, row in last_steps(rows, exclude=None).items():
         series = sorted((r for r in rows if r["run"] == run and r["step"] is not None), key=lambda r: r["step"])
         below = ", ".join(f"< {k}: {v}" for k, v in row["below"].items())
         name = f"{run or 'samples'}{' (clean)' if run == clean else ''}"
-        line = f"{name}: similarity {row['mean']:.3f} ± {row['std']:.3f} at step {row['step']} ({row['count']} samples"
-        line += f"; {below})" if below else ")"
+        line = f"{name}: similarity {row['mean']:.3f} ± {row['std']:.3f}{ceiling} at step {row['step']} "
+        line += f"({row['count']} samples" + (f"; {below})" if below else ")")
+        line += _extras(row)
         if len(series) > 1:
             line += "; trend " + " -> ".join(f"{r['mean']:.3f} (step {r['step']})" for r in _trend_points(series))
         else:
@@ -190,8 +217,22 @@ def headline(summary: dict) -> list[str]:
     overall = summary.get("overall")
     if overall and not lines:
         below = ", ".join(f"< {k}: {v}" for k, v in overall["below"].items())
-        lines.append(f"{overall['count']} samples: similarity {overall['mean']:.3f} ± {overall['std']:.3f} ({below})")
+        lines.append(f"{overall['count']} samples: similarity {overall['mean']:.3f} ± {overall['std']:.3f}{ceiling} "
+                     f"({below})" + _extras(overall))
+    for speaker, found in ceilings.items():
+        lines.append(f"vocoded-real ceiling of {speaker}: {found['mean']:.3f} ± {found['std']:.3f} "
+                     f"({found['count']} held-out real files through the vocoder, {found['references']} references)")
     return lines
+
+
+def _extras(row: dict) -> str:
+    """Similarity to other speakers, identification and level of a stats row, where measured."""
+    parts = [f"to {speaker} {value:.3f}" for speaker, value in (row.get("similarity_to") or {}).items()]
+    if row.get("identified") is not None:
+        parts.append(f"identified {100 * row['identified']:.0f} %")
+    if row.get("rms_dbfs_median") is not None:
+        parts.append(f"median level {row['rms_dbfs_median']:.1f} dBFS, {row.get('no_speech', 0)} without speech")
+    return "; " + "; ".join(parts) if parts else ""
 
 
 def _trend_points(series: Sequence[dict], most: int = 4) -> list[dict]:
@@ -258,15 +299,20 @@ def write_reports(result: SimilarityResult, out_dir: str | os.PathLike) -> dict[
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"csv": out / CSV_NAME, "json": out / JSON_NAME}
+    compared = sorted({speaker for s in result.scores for speaker in (s.similarity_to or {})})
     columns = ["file", "speaker", "run", "step", "centroid_similarity", "mean_pairwise_similarity",
                "rms_dbfs", "active_share", "voiced_share", "speech_ok"]  # fmt: skip
-    atomic_write_text(files["csv"], _csv_text([asdict(s) for s in result.scores], columns))
+    columns += [f"similarity_to_{speaker}" for speaker in compared]
+    if any(s.identified_as is not None for s in result.scores):
+        columns.append("identified_as")
+    atomic_write_text(files["csv"], _csv_text([_flat(asdict(s)) for s in result.scores], columns))
     thresholds = result.summary["thresholds"]
     if len(result.per_step) > 1 or any(row["step"] is not None for row in result.per_step):
-        flat = [{**{k: v for k, v in row.items() if k != "below"},
+        flat = [{**_flat({k: v for k, v in row.items() if k != "below"}),
                  **{f"below_{k}": v for k, v in row["below"].items()}} for row in result.per_step]  # fmt: skip
         step_columns = ["run", "step", "count", "mean", "std", "pairwise_mean", "min", "max"]
-        step_columns += ["rms_dbfs_median", "active_share_mean", "voiced_share_mean", "no_speech"]
+        step_columns += [f"similarity_to_{speaker}" for speaker in compared]
+        step_columns += ["identified", "rms_dbfs_median", "active_share_mean", "voiced_share_mean", "no_speech"]
         step_columns += [f"below_{threshold_key(t)}" for t in thresholds]
         files["per_step"] = out / STEPS_CSV
         atomic_write_text(files["per_step"], _csv_text(flat, step_columns))
@@ -279,6 +325,12 @@ def write_reports(result: SimilarityResult, out_dir: str | os.PathLike) -> dict[
     result.summary["files"] = {k: p.name for k, p in files.items()}
     write_json(files["json"], _json_safe(result.summary))
     return files
+
+
+def _flat(row: dict) -> dict:
+    """``similarity_to: {spk: v}`` -> ``similarity_to_<spk>: v`` (one CSV column per compared speaker)."""
+    compared = row.pop("similarity_to", None) or {}
+    return {**row, **{f"similarity_to_{speaker}": value for speaker, value in compared.items()}}
 
 
 def _json_safe(value):

@@ -42,11 +42,14 @@ from robust_gen.speaker.activity import (
     activity_problem,
     speech_activity,
 )
+from robust_gen.speaker.ceiling import CeilingSpec, centroids, speaker_ceilings
+from robust_gen.speaker.ceiling import identify as nearest_speakers
 from robust_gen.speaker.inputs import (
     SAMPLES_JSONL,
     AudioItem,
     collect_references,
     collect_synthesized,
+    file_fingerprint,
     is_run_dir,
     record_skip,
 )
@@ -112,10 +115,8 @@ class EmbeddingCache:
 
     @staticmethod
     def key(file: str | os.PathLike) -> str:
-        """Cache key of a file: changes whenever the file is replaced or edited."""
-        file = Path(file).resolve()
-        stat = file.stat()
-        return hashlib.sha1(f"{file}|{stat.st_mtime_ns}|{stat.st_size}".encode()).hexdigest()
+        """Cache key of a file: changes whenever the file is replaced or edited (:func:`file_fingerprint`)."""
+        return file_fingerprint(file)
 
     def get(self, file: str | os.PathLike) -> torch.Tensor | None:
         """The cached embedding of ``file``, or None."""
@@ -313,12 +314,17 @@ def score_samples(
     sample_embeddings: dict[Path, torch.Tensor],
     reference_embeddings: dict[str, torch.Tensor],
     activities: dict[Path, tuple[SpeechActivity, bool]] | None = None,
+    *,
+    compare_to: Sequence[str] = (),
+    identify_speaker: bool = False,
 ) -> tuple[list[SampleScore], list[dict]]:
     """Cosine of each sample to its speaker's reference centroid and mean cosine to each reference.
 
     Items without an embedding (skipped while embedding) are left out; items whose speaker has no
     reference embedding are skipped with a reason. ``activities`` (``{path: (activity, passed)}``, see
-    :func:`measure_activity`) adds each file's level and speech activity to its score.
+    :func:`measure_activity`) adds each file's level and speech activity to its score. ``compare_to``: speakers
+    (with reference embeddings) whose centroid similarity is added as ``similarity_to``; ``identify_speaker``:
+    name the nearest centroid among every speaker of ``reference_embeddings`` (``identified_as``).
 
     Examples
     --------
@@ -327,11 +333,19 @@ def score_samples(
     >>> scores, skipped = score_samples(items, embeddings, {"a": torch.tensor([[1.0, 0.0], [0.0, 1.0]])})
     >>> round(scores[0].centroid_similarity, 4), scores[0].mean_pairwise_similarity, skipped[0]["reason"]
     (0.7071, 0.5, "no usable reference audio for speaker 'z' (reference speakers: a)")
+    >>> refs = {"a": torch.tensor([[1.0, 0.0]]), "b": torch.tensor([[0.6, 0.8]])}
+    >>> scores, _ = score_samples(items[:1], {Path("a_0.wav"): torch.tensor([0.5, 0.9])}, refs,
+    ...                           compare_to=["b"], identify_speaker=True)
+    >>> round(scores[0].similarity_to["b"], 3), scores[0].identified_as
+    (0.991, 'b')
     """
     unit_refs = {
         s: torch.nn.functional.normalize(e.double(), dim=1) for s, e in reference_embeddings.items() if len(e)
     }
-    centroids = {s: torch.nn.functional.normalize(e.mean(dim=0), dim=0) for s, e in unit_refs.items()}
+    speaker_centroids = centroids(unit_refs)
+    missing = [s for s in compare_to if s not in speaker_centroids]
+    if missing:
+        raise ValueError(f"no reference embeddings of compare_to speaker(s) {missing}")
     known = ", ".join(sorted(unit_refs)) or "none"
     scores, skipped = [], []
     for item in items:
@@ -348,20 +362,24 @@ def score_samples(
             continue
         unit = torch.nn.functional.normalize(embedding.double(), dim=0)
         measured = (activities or {}).get(item.path)
-        activity = {}
+        extra: dict = {}
         if measured is not None:
             found, passed = measured
-            activity = {"rms_dbfs": found.rms_dbfs, "active_share": found.active_share,
-                        "voiced_share": found.voiced_share, "speech_ok": passed}  # fmt: skip
+            extra = {"rms_dbfs": found.rms_dbfs, "active_share": found.active_share,
+                     "voiced_share": found.voiced_share, "speech_ok": passed}  # fmt: skip
+        if compare_to:
+            extra["similarity_to"] = {s: float(unit @ speaker_centroids[s]) for s in compare_to}
+        if identify_speaker:
+            extra["identified_as"] = nearest_speakers(unit[None], speaker_centroids)[0]
         scores.append(
             SampleScore(
                 file=str(item.path),
                 speaker=item.speaker,
                 run=item.run,
                 step=item.step,
-                centroid_similarity=float(unit @ centroids[item.speaker]),
+                centroid_similarity=float(unit @ speaker_centroids[item.speaker]),
                 mean_pairwise_similarity=float((unit_refs[item.speaker] @ unit).mean()),
-                **activity,
+                **extra,
             )
         )
     return scores, skipped
@@ -436,23 +454,38 @@ def _collect_all(
 
 
 def _reference_embeddings(
-    embedder: SpeakerEmbedder, references: Sequence, speakers: set[str], cache: EmbeddingCache | None
+    embedder: SpeakerEmbedder,
+    files: dict[str, list[Path]],
+    synthesized: set[str],
+    also: Sequence[str],
+    cache: EmbeddingCache | None,
 ) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    """``{speaker: [R, D]}`` for the speakers that were synthesized (references of others are not embedded)."""
-    files, skipped = collect_references(references)
-    if not any(files.get(s) for s in speakers):
+    """``{speaker: [R, D]}`` for the synthesized speakers and ``also`` (references of others are not embedded)."""
+    if not any(files.get(s) for s in synthesized):
         raise ValueError(
-            f"no reference audio for any synthesized speaker {sorted(speakers)}; reference speakers: "
+            f"no reference audio for any synthesized speaker {sorted(synthesized)}; reference speakers: "
             f"{sorted(files)}. Do the file names or filelist speakers match?"
         )
-    wanted = [f for s in sorted(speakers) for f in files.get(s, [])]
+    speakers = sorted(synthesized | set(also))
+    wanted = [f for s in speakers for f in files.get(s, [])]
     embeddings, lost = embedder.embed_files(wanted, cache=cache, desc="references", role="reference")
     by_speaker = {}
     for speaker in speakers:
         usable = [embeddings[f] for f in files.get(speaker, []) if f in embeddings]
         if usable:
             by_speaker[speaker] = torch.stack(usable)
-    return by_speaker, skipped + lost
+    return by_speaker, lost
+
+
+def _check_compared(compare_to: Sequence[str], files: dict[str, list[Path]], by_speaker: dict) -> None:
+    """One clear error for a ``compare_to`` speaker without (usable) reference audio."""
+    for speaker in compare_to:
+        if speaker not in by_speaker:
+            why = "no usable reference audio (all skipped)" if files.get(speaker) else "no reference audio"
+            raise ValueError(
+                f"compare_to speaker {speaker!r} has {why}; reference speakers found: "
+                f"{sorted(s for s, f in files.items() if f)}. Give references that include it (--refs)"
+            )
 
 
 def evaluate_speaker_similarity(
@@ -470,6 +503,9 @@ def evaluate_speaker_similarity(
     model_name: str = "",
     activity: str = "exclude",
     activity_check: ActivityCheck = DEFAULT_ACTIVITY_CHECK,
+    compare_to: Sequence[str] = (),
+    identify: bool = False,
+    ceiling: CeilingSpec | None = None,
 ) -> SimilarityResult:
     """Score synthesized speech against references and write the CSV, JSON, step table, plot.
 
@@ -504,6 +540,15 @@ def evaluate_speaker_similarity(
         ``off``. The summary counts them (``no_speech``).
     activity_check : ActivityCheck
         The check's level and least active / voiced shares.
+    compare_to : sequence of str
+        Speakers whose centroid similarity is also computed for every synthesized file (``similarity_to``;
+        e.g. the contaminant of a speaker-contamination study). Their references must be among ``references``.
+    identify : bool
+        Embed the references of every reference speaker and name each file's nearest centroid
+        (``identified_as``; per step, ``identified``: the share named as their own speaker).
+    ceiling : CeilingSpec, optional
+        Measure the vocoded-real ceiling of each synthesized speaker (:func:`speaker_ceilings`; held-out
+        references through ``ceiling.vocoder``) into the summary's ``ceiling``; cached under ``cache_dir``.
     """
     if activity not in ACTIVITY_MODES:
         raise ValueError(f"activity must be one of {ACTIVITY_MODES}, got {activity!r}")
@@ -513,8 +558,24 @@ def evaluate_speaker_similarity(
     cache = None
     if cache_dir is not None:
         cache = EmbeddingCache(Path(cache_dir) / f"{embedder.fingerprint[:24]}.safetensors")
-    by_speaker, lost = _reference_embeddings(embedder, references, {i.speaker for i in items}, cache)
+    compare_to = list(dict.fromkeys(compare_to))
+    files, lost = collect_references(references)
     skipped += lost
+    synthesized_speakers = {i.speaker for i in items}
+    _check_compared(compare_to, files, {s for s, f in files.items() if f})  # before embedding: a typo fails fast
+    also = sorted(s for s, f in files.items() if f) if identify else compare_to
+    by_speaker, lost = _reference_embeddings(embedder, files, synthesized_speakers, also, cache)
+    skipped += lost
+    _check_compared(compare_to, files, by_speaker)
+    if identify and len(by_speaker) < 2:
+        raise ValueError(
+            f"identification needs references of at least two speakers, got {sorted(by_speaker)}: pass the "
+            "folder with every voice (one sub-folder per speaker) as references"
+        )
+    ceilings = None
+    if ceiling is not None:
+        scored = sorted(s for s in synthesized_speakers if s in by_speaker)
+        ceilings = speaker_ceilings(embedder, files, scored, ceiling, cache_dir=cache_dir, reference_cache=cache)
     activities: dict[Path, tuple[SpeechActivity, bool]] = {}
     if activity != "off":
         activities = measure_activity(embedder, [i.path for i in items], activity_check)
@@ -527,7 +588,9 @@ def evaluate_speaker_similarity(
         to_embed = [p for p in to_embed if p not in excluded]
     embeddings, lost = embedder.embed_files(to_embed, desc="synthesized", role="synthesized")
     skipped += lost
-    scores, lost = score_samples(items, embeddings, by_speaker, activities)
+    scores, lost = score_samples(
+        items, embeddings, by_speaker, activities, compare_to=compare_to, identify_speaker=identify
+    )
     skipped += lost
     listing = "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:5])
     if strict and skipped:
@@ -552,6 +615,11 @@ def evaluate_speaker_similarity(
         "activity": {"mode": activity, **asdict(activity_check), "no_speech": len(failed)},
         "skipped": skipped,
         "reference_counts": {s: len(e) for s, e in sorted(by_speaker.items())},
+        "compare_to": compare_to,
+        # identification among every reference speaker with usable audio
+        "identify_among": sorted(by_speaker) if identify else None,
+        # the vocoded-real ceiling of each synthesized speaker (None: not measured)
+        "ceiling": ceilings,
         "overall": similarity_stats(main, thresholds) if main else None,
         "per_speaker": {s: similarity_stats(v, thresholds) for s, v in sorted(per_speaker.items())},
         "per_step": per_step,
