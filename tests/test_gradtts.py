@@ -284,3 +284,40 @@ def test_score_unet_rejects_bad_configs():
         ScoreUNet(dim=6, groups=4)
     with pytest.raises(ValueError, match="output"):
         GradTTS.tiny(output="x0")
+
+
+def test_frequency_padding_is_off_by_default_and_crops_back():
+    """Padding 0 is the original network; with padding the edge bands see copies of themselves, the padded bands
+    never reach the output, and the weights are the same tensors (so a padded model can load an unpadded state)."""
+    torch.manual_seed(0)
+    plain = ScoreUNet(dim=8, groups=4, n_feats=16)
+    padded = ScoreUNet(dim=8, groups=4, n_feats=16, frequency_padding=2)
+    padded.load_state_dict(plain.state_dict())
+    x, mu, mask = torch.randn(2, 16, 8), torch.randn(2, 16, 8), torch.ones(2, 1, 8)
+    t = torch.tensor([0.3, 0.7])
+    with torch.no_grad():
+        for net in (plain, padded):  # open the zero-initialised final conv so the output depends on the input
+            net.final_conv.weight.normal_()
+        out_plain, out_padded = plain(x, t, mu=mu, mask=mask), padded(x, t, mu=mu, mask=mask)
+    assert out_padded.shape == out_plain.shape == (2, 16, 8)
+    assert not torch.allclose(out_plain, out_padded)  # the edge bands are computed differently ...
+    manual = ScoreUNet(dim=8, groups=4, n_feats=20)  # ... exactly as an unpadded net on replicated edges, cropped
+    manual.load_state_dict(plain.state_dict())
+    edge = torch.nn.functional.pad
+    with torch.no_grad():
+        manual.final_conv.weight.copy_(padded.final_conv.weight)
+        wide = manual(edge(x[:, None], (0, 0, 2, 2), mode="replicate")[:, 0], t,
+                      mu=edge(mu[:, None], (0, 0, 2, 2), mode="replicate")[:, 0], mask=mask)
+    assert torch.allclose(wide[:, 2:18], out_padded, atol=1e-5)
+
+
+def test_frequency_padding_rejects_bad_values_and_reaches_the_model():
+    with pytest.raises(ValueError, match="frequency_padding=1 must be >= 0 and keep n_feats"):
+        ScoreUNet(dim=8, groups=4, n_feats=80, frequency_padding=1)
+    with pytest.raises(ValueError, match="frequency_padding_mode"):
+        ScoreUNet(dim=8, groups=4, n_feats=80, frequency_padding=2, frequency_padding_mode="zeros")
+    model = GradTTS.tiny(decoder_frequency_padding=4, decoder_frequency_padding_mode="reflect")
+    assert (model.decoder.frequency_padding, model.decoder.frequency_padding_mode) == (4, "reflect")
+    mel, _ = model.synthesize(torch.randint(0, 149, (1, 5)), torch.tensor([5]), n_timesteps=2,
+                              generator=torch.Generator().manual_seed(0))
+    assert mel.shape[1] == 80 and bool(torch.isfinite(mel).all())

@@ -36,3 +36,14 @@ def test_unknown_study_is_refused(capsys):
     with pytest.raises(SystemExit):
         _driver().main(["no_such_study", "--dry-run"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_overlays_trains_only_the_chosen_part_of_a_study(capsys):
+    driver = _driver()
+    assert driver.main(["huber_image", "--dry-run", "--overlays", "huber_image_delta", "huber_image", "--",
+                        "trainer.max_steps=3"]) == 0
+    printed = capsys.readouterr().out
+    trained = [line.split("+experiment=")[1].split()[0] for line in printed.splitlines() if "+experiment=" in line]
+    assert trained == ["huber_image", "huber_image_delta"]  # the study's order, schedules left out
+    with pytest.raises(SystemExit, match="huber_image has no overlay huber_imagee; its overlays: huber_image, "):
+        driver.main(["huber_image", "--dry-run", "--overlays", "huber_imagee"])

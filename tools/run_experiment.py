@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="report folder (default reports/<study>[_paper])")
     parser.add_argument("--launcher", help="Hydra launcher of the sweep (submitit_slurm, submitit_local, joblib): "
                         "each job then samples and evaluates its own run")
+    parser.add_argument("--overlays", nargs="+", metavar="OVERLAY",
+                        help="train only these of the study's overlays (e.g. huber_image huber_image_delta); the "
+                        "report still covers every run in the study's folder")
     argv = list(sys.argv[1:] if argv is None else argv)
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         args.study, scale=args.scale, train_overrides=args.train_overrides, report_only=args.report_only,
         skip_train=args.skip_train, force=args.force, dry_run=args.dry_run,
         shared_first_stage=not args.no_shared_autoencoder, sample_args=args.sample_args, eval_args=args.eval_args,
-        out=args.out, launcher=args.launcher,
+        out=args.out, launcher=args.launcher, overlays=args.overlays,
     )
 
 

@@ -423,14 +423,27 @@ def run_study(
     eval_args: Sequence[str] = (),
     out: str | Path | None = None,
     launcher: str | None = None,
+    overlays: Sequence[str] | None = None,
 ) -> int:
     """Run ``study`` end to end (see the module docstring); returns a process exit code.
+
+    ``overlays``: train only these of the study's overlays (a multi-overlay study trimmed to the comparison at
+    hand; the CPU-scale names, ``_paper`` is added at paper scale); sampling, evaluation and the report still
+    cover every run in the study's folder.
 
     ``launcher`` (image studies): the Hydra launcher of the sweep (``submitit_slurm``, ``submitit_local``,
     ``joblib``); every job then samples and evaluates its own run (:func:`launcher_overrides`).
     """
     spec = STUDIES[study]
-    recipe, overlays = spec.recipe, list(spec.overlays)
+    recipe = spec.recipe
+    if overlays:
+        unknown = [o for o in overlays if o not in spec.overlays]
+        if unknown:
+            raise SystemExit(f"run_experiment: {study} has no overlay {', '.join(unknown)}; its overlays: "
+                             f"{', '.join(spec.overlays)}")
+        overlays = [o for o in spec.overlays if o in overlays]  # the study's order: the report expects it
+    else:
+        overlays = list(spec.overlays)
     if scale == "paper":
         overlays = [f"{o}_paper" for o in overlays]
     composed = compose_train_config(recipe, overlays[0], list(train_overrides))
