@@ -134,6 +134,18 @@ def test_aggregate_refuses_to_mix_settings(sweep: Path) -> None:
     assert [r["runs"] for r in rows] == [6, 6]
 
 
+def test_values_measured_from_the_data_do_not_split_seeds() -> None:
+    """A speech run stores its training mels' range (mel_range.*): each corruption draw has its own, which is
+    no setting; a real setting that differs is still refused."""
+    records = [{"loss.method": "l2", "trainer.seed": s, "mel_range.high": [1.0 + s], "cpu_threads": 1 + s,
+                "speaker_sim.last.mean": 0.5 + s / 10} for s in range(3)]
+    rows = aggregate(records, ["loss.method"], ["speaker_sim.last.mean"])
+    assert rows[0]["runs"] == 3 and rows[0]["speaker_sim.last.mean.mean"] == pytest.approx(0.6)
+    records[2]["trainer.lr"] = 0.5
+    with pytest.raises(ValueError, match=r"differ in \['trainer.lr'\]"):
+        aggregate(records, ["loss.method"], ["speaker_sim.last.mean"])
+
+
 def test_missing_metric_counts_as_absent(tmp_path: Path) -> None:
     make_image_run(tmp_path, 0.1, "none", 0)
     make_image_run(tmp_path, 0.1, "none", 1, with_eval=False)

@@ -42,8 +42,10 @@ from robust_gen.experiments.report import collect_runs, collect_series, write_st
 from robust_gen.experiments.studies import STUDIES
 
 __all__ = [
+    "NOT_SETTINGS",
     "REPO",
     "Runner",
+    "clean_run",
     "finish_run",
     "image_study",
     "launcher_overrides",
@@ -144,14 +146,40 @@ def _config(run_dir: Path) -> dict:
     return yaml.safe_load((run_dir / "config.yaml").read_text())
 
 
-def _clean_run(run_dir: Path, runs: list[Path]) -> Path | None:
-    """The run with corruption ratio 0 and otherwise the same settings (loss, seed, ...) as ``run_dir``."""
+#: Top-level config entries that are not settings: measured from the (corrupted) training data and stored with the
+#: run (a speech run's per-band mel range), or how the run was computed, not what.
+NOT_SETTINGS = ("corruption", "mel_range", "cpu_threads")
+
+
+def _settings(cfg: dict) -> dict:
+    return {key: value for key, value in cfg.items() if key not in NOT_SETTINGS}
+
+
+def clean_run(run_dir: Path, runs: list[Path]) -> Path | None:
+    """The run with corruption ratio 0 and otherwise the same settings (loss, seed, ...) as ``run_dir``.
+
+    Entries measured from the training data (``mel_range``: each corruption draw has its own) and the thread
+    count do not count as settings (:data:`NOT_SETTINGS`).
+
+    Examples
+    --------
+    >>> import tempfile, yaml
+    >>> root = Path(tempfile.mkdtemp())
+    >>> def run(name, ratio, high, lr=1e-3):
+    ...     (root / name).mkdir()
+    ...     config = {"corruption": {"ratio": ratio}, "mel_range": {"high": [high]}, "trainer": {"lr": lr}}
+    ...     (root / name / "config.yaml").write_text(yaml.safe_dump(config))
+    ...     return root / name
+    >>> runs = [run("clean", 0.0, 1.0), run("clean_other_lr", 0.0, 1.0, lr=0.5), run("dirty", 0.4, 2.0)]
+    >>> clean_run(runs[2], runs).name
+    'clean'
+    """
     cfg = _config(run_dir)
     if cfg["corruption"]["ratio"] == 0:
         return None
     for other in runs:
         o = _config(other)
-        if o["corruption"]["ratio"] == 0 and {**o, "corruption": None} == {**cfg, "corruption": None}:
+        if o["corruption"]["ratio"] == 0 and _settings(o) == _settings(cfg):
             return other
     return None
 
@@ -228,7 +256,7 @@ def image_study(
             continue
         overrides = merge_overrides(study["evaluate"], eval_args)
         _check_filled(overrides, f"{run_dir}/config.yaml study.evaluate")
-        clean = _clean_run(run_dir, runs) if study.get("clean_reference") else None
+        clean = clean_run(run_dir, runs) if study.get("clean_reference") else None
         extra = [path_override("clean_run_dir", clean)] if clean is not None else []
         run(
             [
@@ -392,7 +420,7 @@ def speech_study(run: Runner, runs: list[Path], force: bool) -> None:
             identify = identify or len(voices) > 1
         else:
             refs = data.get("filelist") or data.get("root")
-        clean = _clean_run(run_dir, runs) if cfg["study"].get("clean_reference") else None
+        clean = clean_run(run_dir, runs) if cfg["study"].get("clean_reference") else None
         args = [sys.executable, "tools/speaker_sim.py", "--model", cfg["study"]["speaker_model"], "--refs",
                 str(refs), "--runs", str(run_dir), "--out", str(out), "--no-progress",
                 # flag, not exclude: a run whose samples are all unusable still gets its row and its count

@@ -69,6 +69,11 @@ BOOKKEEPING_KEYS = (
     "latents.cache_dir",
     "data.cache_dir",
     "run_dir",
+    "cpu_threads",
+    # measured from the training data and stored with the run (speech: each band's range), not a setting: each
+    # corruption draw has its own
+    "mel_range.low",
+    "mel_range.high",
 )
 
 
