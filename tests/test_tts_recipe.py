@@ -335,3 +335,33 @@ def test_mels_are_cached_once(bad_filelist, monkeypatch):
 def test_griffin_lim_rejects_bad_mels():
     with pytest.raises(ValueError, match="log-mels"):
         GriffinLimVocoder(n_iter=2)(torch.zeros(80, 10))
+
+
+def test_mel_excursions_tool_measures_raw_mels_against_the_runs_range(multi_run, tmp_path, capsys):
+    """tools/mel_excursions.py: a run's raw (unclamped) samples against its stored training range; a tightened
+    range makes every file count; a run without a range is one clear error."""
+    import shutil
+
+    import yaml
+
+    run_dir, _ = multi_run
+    spec = importlib.util.spec_from_file_location("mel_excursions", REPO / "tools" / "mel_excursions.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tmp_path / "rows.json"
+    assert tool.main([str(run_dir), "--texts", "A short test.", "Another one.", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["files"] == 2 and 0 <= row["files_above"] <= 2 and 0 <= row["worst_band"] < 80
+    copy = tmp_path / "tight"
+    shutil.copytree(run_dir, copy)
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    config["mel_range"]["high"] = [-50.0] * 80  # nothing real lies below -50: every value is an excursion
+    (copy / "config.yaml").write_text(yaml.safe_dump(config))
+    assert tool.main([str(copy), "--texts", "A short test.", "--out", str(out)]) == 0
+    (tight,) = json.loads(out.read_text())
+    assert tight["files_above"] == 1 and tight["max_excess"] > 30
+    del config["mel_range"]
+    (copy / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit) as stop:
+        tool.main([str(copy), "--texts", "A short test."])
+    assert stop.value.code == 2 and "no mel_range in config.yaml" in capsys.readouterr().err
