@@ -38,11 +38,16 @@ from typing import Any
 
 import yaml
 
-from robust_gen.experiments.report import collect_runs, collect_series, write_study_report
+from robust_gen.experiments.report import (
+    BOOKKEEPING_KEYS,
+    collect_runs,
+    collect_series,
+    flatten,
+    write_study_report,
+)
 from robust_gen.experiments.studies import STUDIES
 
 __all__ = [
-    "NOT_SETTINGS",
     "REPO",
     "Runner",
     "clean_run",
@@ -146,20 +151,18 @@ def _config(run_dir: Path) -> dict:
     return yaml.safe_load((run_dir / "config.yaml").read_text())
 
 
-#: Top-level config entries that are not settings: measured from the (corrupted) training data and stored with the
-#: run (a speech run's per-band mel range), or how the run was computed, not what.
-NOT_SETTINGS = ("corruption", "mel_range", "cpu_threads")
-
-
 def _settings(cfg: dict) -> dict:
-    return {key: value for key, value in cfg.items() if key not in NOT_SETTINGS}
+    """The run's settings apart from its corruption: bookkeeping and values measured from the data (the
+    report's :data:`~robust_gen.experiments.report.BOOKKEEPING_KEYS`, e.g. a speech run's ``mel_range``) left out."""
+    flat = flatten(cfg)
+    return {k: v for k, v in flat.items() if not k.startswith("corruption.") and k not in BOOKKEEPING_KEYS}
 
 
 def clean_run(run_dir: Path, runs: list[Path]) -> Path | None:
     """The run with corruption ratio 0 and otherwise the same settings (loss, seed, ...) as ``run_dir``.
 
-    Entries measured from the training data (``mel_range``: each corruption draw has its own) and the thread
-    count do not count as settings (:data:`NOT_SETTINGS`).
+    Entries measured from the training data (``mel_range``: each corruption draw has its own) and bookkeeping
+    (thread count, cache folders) do not count as settings: the report's ``BOOKKEEPING_KEYS``, one list for both.
 
     Examples
     --------

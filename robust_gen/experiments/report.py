@@ -36,6 +36,7 @@ from robust_gen.experiments.studies import StudySpec
 from robust_gen.training.run_dir import save_figure
 
 __all__ = [
+    "BOOKKEEPING_KEYS",
     "RESULT_PREFIXES",
     "SEED_KEYS",
     "aggregate",
