@@ -21,34 +21,11 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 import yaml
 
 from robust_gen.speech.mel_range import DEFAULT_MARGIN, MelRange
 from robust_gen.speech.synthesis import Synthesizer, load_trained
 from robust_gen.speech.vocoder import GriffinLimVocoder
-
-
-def excursions(mels: list[torch.Tensor], band_range: MelRange, margin: float = DEFAULT_MARGIN) -> dict:
-    """Values of log-mels ``[n_mels, frames]`` more than ``margin`` above their band's training maximum.
-
-    Examples
-    --------
-    >>> band_range = MelRange(torch.tensor([-5.0, -5.0]), torch.tensor([0.0, -2.0]))
-    >>> row = excursions([torch.tensor([[0.5, 0.2], [-1.5, 1.0]]), torch.zeros(2, 3) - 3], band_range)
-    >>> row["files_above"], row["values_above"], row["max_excess"], row["worst_band"]
-    (1, 1, 3.0, 1)
-    """
-    high = band_range.high[:, None]
-    excess = [mel.float() - high for mel in mels]
-    largest = torch.stack([e.amax(dim=-1) for e in excess]).amax(dim=0)  # per band, over files and frames
-    return {
-        "files": len(mels),
-        "files_above": sum(bool((e > margin).any()) for e in excess),
-        "values_above": sum(int((e > margin).sum()) for e in excess),
-        "max_excess": round(float(largest.max()), 3),
-        "worst_band": int(largest.argmax()),
-    }
 
 
 def measure_run(run: Path, texts: list[str] | None, margin: float, seed: int) -> dict:
@@ -67,7 +44,7 @@ def measure_run(run: Path, texts: list[str] | None, margin: float, seed: int) ->
                             temperature=float(samples.get("temperature", 1.5)),
                             sampler=str(samples.get("sampler", "euler_ode")),
                             length_scale=float(samples.get("length_scale", 1.0)), seed=seed)  # fmt: skip
-    return {"run": str(run), "step": trained.step, "speaker": speaker, **excursions(mels, band_range, margin)}
+    return {"run": str(run), "step": trained.step, "speaker": speaker, **band_range.excursions(mels, margin)}
 
 
 def main(argv: list[str] | None = None) -> int:

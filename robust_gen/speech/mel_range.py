@@ -20,7 +20,7 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -85,6 +85,31 @@ class MelRange:
         high = (self.high + margin).to(mel)[:, None]
         outside = int(((mel < low) | (mel > high)).sum())
         return torch.maximum(torch.minimum(mel, high), low), outside
+
+    def excursions(self, mels: Sequence[torch.Tensor], margin: float = DEFAULT_MARGIN) -> dict:
+        """How far unclamped log-mels ``[n_mels, frames]`` rise above their bands' maxima (diverged bands are
+        clicks; :meth:`check` clamps them): files and values more than ``margin`` above, the largest excess and
+        its band (``tools/mel_excursions.py``).
+
+        Examples
+        --------
+        >>> band_range = MelRange(torch.tensor([-5.0, -5.0]), torch.tensor([0.0, -2.0]))
+        >>> row = band_range.excursions([torch.tensor([[0.5, 0.2], [-1.5, 1.0]]), torch.zeros(2, 3) - 3])
+        >>> row["files_above"], row["values_above"], row["max_excess"], row["worst_band"]
+        (1, 1, 3.0, 1)
+        """
+        if not mels:
+            raise ValueError("no mels to measure")
+        excess = [mel.float() - self.high.to(mel.device)[:, None] for mel in mels]
+        largest = torch.stack([e.amax(dim=-1) for e in excess]).amax(dim=0)  # per band, over files and frames
+        return {
+            "files": len(mels),
+            "files_above": sum(bool((e > margin).any()) for e in excess),
+            "values_above": sum(int((e > margin).sum()) for e in excess),
+            "max_excess": round(float(largest.max()), 3),
+            "worst_band": int(largest.argmax()),
+        }
+
 
 
 def training_mel_range(dataset, max_items: int = 512) -> MelRange:
