@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -126,3 +128,24 @@ def test_requeue_only_when_preempted_under_submitit():
     assert driver.requeue_if_preempted({"signal": "SIGUSR1", "requeue": None}) is False
     assert driver.requeue_if_preempted({"signal": "SIGUSR1", "requeue": lambda *a: requeued.append(a)}) is True
     assert len(requeued) == 1
+
+
+def test_a_launcher_job_of_the_conditioning_study_draws_its_centred_and_shifted_crops(tmp_path):
+    """Under a launcher each job samples its own run: for Berrada et al.'s study that must be the study's two tags
+    (the run's default control and the crop moved to the corner, same seeds and labels), not a plain sample."""
+    threads = torch.get_num_threads()
+    overrides = ["+experiment=conditioning", *TINY, "trainer.max_steps=2", "trainer.checkpoint_every=100",
+                 "data.crop_margin=4", *_finish_args(tmp_path), "finish.evaluate=false"]
+    summary = _recipe().train(compose_config("image", "train", overrides), tmp_path / "run")
+    torch.set_num_threads(threads)
+    samples = tmp_path / "run" / "samples"
+    assert sorted(summary["finish"]["samples"]) == [str(samples / "centred"), str(samples / "shifted")]
+    assert not list(samples.glob("*_g*"))  # no untagged sample beside them
+    controls = {tag: json.loads((samples / tag / "study_control.json").read_text())["control"]
+                for tag in ("centred", "shifted")}
+    assert controls["shifted"][:2] == [0, 0] and controls["shifted"][2:] == controls["centred"][2:]
+    assert controls["centred"][:2] != [0, 0]  # the default control is the centred crop (margin 4: offset 2)
+    with np.load(samples / "centred" / "images.npz") as centred, np.load(samples / "shifted" / "images.npz") as moved:
+        assert np.array_equal(centred["labels"], moved["labels"])
+    again = driver.finish_run(tmp_path / "run", evaluate=False)  # a requeued job redoes nothing
+    assert again["samples"] == []

@@ -51,6 +51,7 @@ __all__ = [
     "REPO",
     "Runner",
     "clean_run",
+    "control_tags",
     "finish_run",
     "image_study",
     "launcher_overrides",
@@ -205,19 +206,38 @@ def sample_with_control(run_dir: Path, overrides: list[str], control: list[float
     module.sample(cfg)
 
 
+def control_tags(run_dir: Path, study: dict) -> list[tuple[str, list[float]]]:
+    """The sample tags a study draws with explicit control values, each with its values: for Berrada et al.'s
+    study (``study.shifted_crop``) the run's default control (``centred``) and the same with the crop offsets moved
+    (``shifted``), the same seeds and labels, only the crop condition changed; ``[]`` for every other study.
+
+    >>> import tempfile
+    >>> run = Path(tempfile.mkdtemp())
+    >>> _ = (run / "image_meta.json").write_text('{"sample_control": [4, 4, 40, 40, 0]}')
+    >>> control_tags(run, {"shifted_crop": [0, 0]})
+    [('centred', [4, 4, 40, 40, 0]), ('shifted', [0, 0, 40, 40, 0])]
+    >>> control_tags(run, {"sample": []})
+    []
+    """
+    if "shifted_crop" not in study:
+        return []
+    centred = list(json.loads((run_dir / "image_meta.json").read_text())["sample_control"])
+    return [("centred", centred), ("shifted", [*study["shifted_crop"], *centred[2:]])]
+
+
 def _sample_tag(
-    run: Runner, run_dir: Path, overrides: list[str], tag: str, control: list[float], force: bool
-):
+    dry_run: bool, run_dir: Path, overrides: list[str], tag: str, control: list[float], force: bool
+) -> bool:
     """Sample ``run_dir`` with ``control`` into ``samples/<tag>`` (sample.py names its folders
     <sampler><steps>_g<scale>, with no room for the control values, so the new folder is renamed)."""
     target = run_dir / "samples" / tag
     if (target / "images.npz").is_file() and not force:
-        return
+        return False
     print(
         f"$ (in process) recipes/image/sample.py run_dir={run_dir} {shlex.join(overrides)} control={control}"
     )
-    if run.dry_run:
-        return
+    if dry_run:
+        return False
     before = _sample_stamps(run_dir)
     sample_with_control(run_dir, overrides, control)
     written = [name for name, stamp in _sample_stamps(run_dir).items() if before.get(name) != stamp]
@@ -231,6 +251,7 @@ def _sample_tag(
         shutil.rmtree(target)
     (run_dir / "samples" / written[0]).rename(target)
     (target / "study_control.json").write_text(json.dumps({"tag": tag, "control": control}))
+    return True
 
 
 def image_study(
@@ -240,15 +261,10 @@ def image_study(
         study = _config(run_dir)["study"]
         overrides = merge_overrides(study["sample"], sample_args)
         _check_filled(overrides, f"{run_dir}/config.yaml study.sample")
-        if (
-            "shifted_crop" in study
-        ):  # Berrada et al.: the same seeds and labels, only the crop condition moved
-            meta = json.loads((run_dir / "image_meta.json").read_text())
-            centred = list(meta["sample_control"])
-            shifted = [*study["shifted_crop"], *centred[2:]]
-            _sample_tag(run, run_dir, overrides, "centred", centred, force)
-            _sample_tag(run, run_dir, overrides, "shifted", shifted, force)
-        elif force or not any((run_dir / "samples").glob("*_g*/images.npz")):
+        tags = control_tags(run_dir, study)
+        for tag, control in tags:
+            _sample_tag(run.dry_run, run_dir, overrides, tag, control, force)
+        if not tags and (force or not any((run_dir / "samples").glob("*_g*/images.npz"))):
             run(
                 [sys.executable, "recipes/image/sample.py", path_override("run_dir", run_dir), *overrides],
                 "sample",
@@ -316,12 +332,19 @@ def finish_run(run_dir: str | Path, *, sample: bool = True, evaluate: bool = Tru
     run_dir = Path(run_dir)
     study = _config(run_dir).get("study") or {}
     done: dict[str, Any] = {"samples": [], "metrics": None}
-    if sample and not any((run_dir / "samples").glob("*_g*/images.npz")):
+    tags = control_tags(run_dir, study)
+    if sample and (tags or not any((run_dir / "samples").glob("*_g*/images.npz"))):
         overrides = merge_overrides(list(study.get("sample", [])), list(sample_args))
         _check_filled(overrides, f"{run_dir}/config.yaml study.sample")
-        with _beside_running_hydra():
-            cfg = compose_config("image", "sample", [path_override("run_dir", run_dir), *overrides])
-        done["samples"] = _load_recipe("sample").sample(cfg)
+        if tags:  # the study's own tags (centred / shifted crop), as the driver draws them
+            with _beside_running_hydra():
+                for tag, control in tags:
+                    if _sample_tag(False, run_dir, overrides, tag, control, force=False):
+                        done["samples"].append(str(run_dir / "samples" / tag))
+        else:
+            with _beside_running_hydra():
+                cfg = compose_config("image", "sample", [path_override("run_dir", run_dir), *overrides])
+            done["samples"] = _load_recipe("sample").sample(cfg)
     metrics = run_dir / "eval" / "metrics.json"
     if evaluate and not metrics.is_file():
         overrides = merge_overrides(list(study.get("evaluate", [])), list(evaluate_args))
