@@ -782,3 +782,26 @@ def test_ceiling_cache_key_follows_files_and_vocoder_settings(tmp_path):
     assert measure({"n_iter": 32})[1] is True
     with pytest.raises(ValueError, match="at least one held-out file"):
         CeilingSpec(vocoder, {}, held_out=0)
+
+
+def test_the_ceiling_goes_through_the_runs_own_mel_and_vocoder(tmp_path):
+    import yaml
+
+    tool = _load_script(REPO / "tools" / "speaker_sim.py", "speaker_sim_tool_run_vocoder")
+    default = yaml.safe_load((REPO / "configs" / "tts" / "train.yaml").read_text())
+    runs = []
+    for name, n_iter in (("a", 8), ("b", 8), ("c", 16)):
+        run = tmp_path / name
+        run.mkdir()
+        config = {"mel": {**default["mel"], "f_max": 7000.0}, "vocoder": {**default["vocoder"], "n_iter": n_iter}}
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+        runs.append(str(run))
+    bare = tmp_path / "bare"  # a run folder whose config names no vocoder (or none at all) does not count
+    bare.mkdir()
+    spec = tool.ceiling_spec(1, "cpu", [str(bare), *runs[:2]])
+    assert spec.settings["n_iter"] == 8 and spec.mel_config.f_max == 7000.0
+    assert tool.ceiling_spec(1, "cpu", [str(bare)]).settings["n_iter"] == default["vocoder"]["n_iter"]
+    assert tool.ceiling_spec(1, "cpu").mel_config.f_max == default["mel"]["f_max"]
+    with pytest.raises(ValueError, match=rf"--ceiling: {runs[2]} was sampled with other mel or vocoder settings "
+                                         rf"than {runs[0]} .*score them in separate calls"):  # fmt: skip
+        tool.ceiling_spec(1, "cpu", runs)

@@ -15,8 +15,9 @@ What a similarity means (study 3 passes all three; issue 17):
 * ``--identify``: each file's nearest centroid among every reference speaker (give the folder of all voices);
   per step, the share named as their own speaker;
 * ``--ceiling``: the vocoded-real ceiling of each synthesized speaker: its last ``--ceiling-files`` references
-  (sorted) are held out, turned into log-mels and back through the speech recipe's default vocoder
-  (configs/tts/train.yaml: ``mel`` and ``vocoder``, Griffin-Lim), and scored against its other references;
+  (sorted) are held out, turned into log-mels and back through the vocoder the samples went through (the ``mel``
+  and ``vocoder`` of the ``--runs``' config.yaml; runs that differ in them are scored separately; without runs,
+  the recipe's defaults in configs/tts/train.yaml, Griffin-Lim), and scored against its other references;
   printed beside the similarity and cached under the cache folder.
 """
 
@@ -54,21 +55,44 @@ TTS_CONFIG = REPO / "configs" / "tts" / "train.yaml"
 
 
 def recipe_vocoder_settings(config: Path = TTS_CONFIG) -> dict:
-    """The speech recipe's default ``mel`` and ``vocoder`` sections (what a run's samples go through)."""
+    """The ``mel`` and ``vocoder`` sections of a speech config (a run's config.yaml, or the recipe's defaults):
+    what that run's samples go through."""
     try:
         cfg = yaml.safe_load(config.read_text())
         return {"mel": dict(cfg["mel"]), "vocoder": {k: v for k, v in cfg["vocoder"].items() if v is not None}}
     except (OSError, yaml.YAMLError, KeyError, TypeError) as error:
-        raise ValueError(f"--ceiling reads the recipe's mel and vocoder settings from {config}: {error}") from None
+        raise ValueError(f"--ceiling reads the mel and vocoder settings from {config}: {error}") from None
 
 
-def ceiling_spec(held_out: int, device: str) -> CeilingSpec:
-    """Held-out real files through the recipe's default features and vocoder (imported here: the speaker
-    package does not import the speech models)."""
+def runs_vocoder_settings(runs: list[str]) -> dict:
+    """The ``mel`` and ``vocoder`` the ``runs`` were trained and sampled with (their config.yaml), so that the
+    ceiling goes through the same path as their samples; the recipe's defaults when no run names them. Runs that
+    differ get one error: a single ceiling cannot stand for both."""
+    found: dict[str, dict] = {}
+    for run in runs:
+        config = Path(run) / "config.yaml"
+        if not config.is_file():
+            continue
+        cfg = yaml.safe_load(config.read_text()) or {}
+        if isinstance(cfg, dict) and "mel" in cfg and "vocoder" in cfg:
+            found[str(run)] = recipe_vocoder_settings(config)
+    if not found:
+        return recipe_vocoder_settings()
+    (first, settings), *others = found.items()
+    for run, other in others:
+        if other != settings:
+            raise ValueError(f"--ceiling: {run} was sampled with other mel or vocoder settings than {first} "
+                             f"({other} vs {settings}); score them in separate calls")  # fmt: skip
+    return settings
+
+
+def ceiling_spec(held_out: int, device: str, runs: list[str] = ()) -> CeilingSpec:
+    """Held-out real files through the runs' features and vocoder (the recipe's defaults without runs; imported
+    here: the speaker package does not import the speech models)."""
     from robust_gen.speech.data.mel import MelConfig
     from robust_gen.speech.vocoder import build_vocoder
 
-    settings = recipe_vocoder_settings()
+    settings = runs_vocoder_settings(list(runs))
     mel_config = MelConfig(**settings["mel"])
     options = {k: v for k, v in settings["vocoder"].items() if k != "kind"}
     vocoder = build_vocoder(settings["vocoder"]["kind"], mel_config=mel_config, device=device, **options)
@@ -200,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             activity_check=ActivityCheck(min_active_share=args.min_active_share,
                                          min_voiced_share=args.min_voiced_share),
             compare_to=args.compare_to, identify=args.identify,
-            ceiling=ceiling_spec(held_out, args.device) if args.ceiling else None,
+            ceiling=ceiling_spec(held_out, args.device, args.runs) if args.ceiling else None,
         )  # fmt: skip
     except (SpeakerModelUnavailable, FileNotFoundError, ValueError) as error:
         parser.exit(2, f"speaker_sim: error: {error}\n")
