@@ -185,6 +185,24 @@ def test_conditioning_report_draws_grouped_bars(tmp_path: Path) -> None:
     assert "0.51 ± 0.01 (n=3)" in row
 
 
+def test_conditioning_runs_carry_the_accuracy_lost_by_moving_the_crop(tmp_path: Path) -> None:
+    for mode, shifted in (("entangled", (0.70, 0.75, 0.72, 0.69, 0.74)), ("disentangled", (0.86,) * 5)):
+        for seed, accuracy in enumerate(shifted):
+            run = tmp_path / f"{mode}_{seed}"
+            (run / "eval").mkdir(parents=True)
+            (run / "config.yaml").write_text(yaml.safe_dump({"control": {"mode": mode}, "trainer": {"seed": seed}}))
+            tags = {"centred": {"conditional_accuracy": 0.9 if mode == "entangled" else 0.88, "fid": 3.0},
+                    "shifted": {"conditional_accuracy": accuracy, "fid": 4.0}}
+            (run / "eval" / "metrics.json").write_text(json.dumps({"tags": tags}))
+    records = collect_runs([tmp_path])
+    drops = {(r["control.mode"], r["trainer.seed"]): r["eval.shift_drop.conditional_accuracy"] for r in records}
+    assert drops[("entangled", 1)] == pytest.approx(0.15) and drops[("disentangled", 0)] == pytest.approx(0.02)
+    files = write_study_report(records, STUDIES["conditioning"], tmp_path / "report")
+    claims = files["claims_md"].read_text()
+    line = next(x for x in claims.splitlines() if "loses less conditional accuracy" in x)
+    assert "reproduced" in line and "not reproduced" not in line and "5 of 5" in line
+
+
 def _speech_run(root: Path, method: str, seed: int, curve: list[float]) -> Path:
     run = root / f"{method}_{seed}"
     (run / "speaker_sim").mkdir(parents=True)

@@ -205,6 +205,7 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
             best = min(scored, key=lambda t: tags[t]["fid"])
             record.update(flatten(tags[best], "eval.best"))
             record["eval.best.tag"] = best
+        record.update(_shift_drop(tags))
     similarity = _speaker_sim_file(run_dir)
     if similarity is not None:
         data = _read_json(similarity)
@@ -220,6 +221,23 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
                     record["speaker_sim.last.resilience"] = row.get("resilience")
         record.update(_ceiling_keys(data.get("ceiling")))
     return record
+
+
+def _shift_drop(tags: Mapping[str, Any]) -> dict[str, Any]:
+    """Berrada et al.'s study draws each run twice, with the centred and with a shifted crop condition
+    (``robust_gen.experiments.driver.control_tags``): the conditional accuracy lost by moving the crop, within
+    the run, is how much the control changes the class (the designs' centred accuracies differ, so comparing
+    shifted accuracies alone mixes the two).
+
+    >>> _shift_drop({"centred": {"conditional_accuracy": 0.9}, "shifted": {"conditional_accuracy": 0.8}})
+    {'eval.shift_drop.conditional_accuracy': 0.1}
+    >>> _shift_drop({"dpm_solver20_g3": {"conditional_accuracy": 0.9}})
+    {}
+    """
+    accuracy = [tags.get(tag, {}).get("conditional_accuracy") for tag in ("centred", "shifted")]
+    if not all(isinstance(value, (int, float)) for value in accuracy):
+        return {}
+    return {"eval.shift_drop.conditional_accuracy": round(accuracy[0] - accuracy[1], 12)}
 
 
 def _ceiling_keys(ceiling: Any) -> dict[str, Any]:
