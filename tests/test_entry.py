@@ -118,3 +118,14 @@ def test_sigterm_during_the_autoencoder_stage_says_so_and_exits_143(tmp_path):
     rest = victim.communicate(timeout=60)[1]
     assert victim.returncode == 143
     assert "stopped by SIGTERM before training started" in rest and "Traceback" not in rest
+
+
+@pytest.mark.parametrize("override, message", [
+    ("vocoder.padding=zero", "error: vocoder.padding must be one of ['reflect', 'zeros'] or null, got 'zero'"),
+    ("vocoder.kind=hifigan", "error: vocoder.kind=hifigan needs vocoder.source: a SpeechBrain hub id or a local "
+                             "folder (tools/import_gradtts.py writes one from the authors' hifigan.pt)"),
+])  # fmt: skip
+def test_a_bad_vocoder_setting_of_the_speech_recipe_is_one_line_before_any_work(tmp_path, override, message):
+    done = _run([str(ROOT / "recipes" / "tts" / "train.py"), override], tmp_path)
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[0] == message, done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "runs").exists()

@@ -196,13 +196,25 @@ def test_authors_hifigan_in_speechbrains_generator(tmp_path):
     torch.save({"generator": state}, tmp_path / "hifigan.pt")  # the authors' format
     folder = write_authors_hifigan(tmp_path / "hifigan.pt", tmp_path / "vocoder", meta["config"])
     net = HifiganGenerator(**hifigan_generator_kwargs(meta["config"])).eval()
-    from robust_gen.speech.gradtts.convert import convert_hifigan_state_dict, zero_padding_like_original
+    from robust_gen.speech.gradtts.convert import convert_hifigan_state_dict
+    from robust_gen.speech.vocoder import limit_level, zero_padding_like_original
 
     net.load_state_dict(convert_hifigan_state_dict(state))
+    mel, hop, edge = tensors["mel"], 256, net.inference_padding
     with torch.no_grad():
-        reflect = net(tensors["mel"])  # SpeechBrain's own reflection padding
-        exact = zero_padding_like_original(net)(tensors["mel"])
+        reflect = net(mel)  # SpeechBrain's own reflection padding
+        # what SpeechBrain's inference draws: replicated edge frames around the mel, reflection inside
+        padded = net(torch.nn.functional.pad(mel, (edge, edge), "replicate"))[..., edge * hop : -edge * hop]
+        exact = zero_padding_like_original(net)(mel)
     assert torch.allclose(exact, tensors["wav"], atol=TOL)
     assert not torch.allclose(reflect, tensors["wav"], atol=1e-3)  # near the edges (here 6 frames are all edge)
+    # the converted folder says it pads with zeros: the recipe's vocoder then is the original, to float rounding
     vocoder = SpeechBrainHifiGan(folder, savedir=tmp_path / "save")  # loads offline through from_hparams
-    assert vocoder(tensors["mel"]).shape[-1] == tensors["mel"].shape[-1] * 256
+    assert vocoder.padding == "zeros"
+    assert torch.allclose(vocoder(mel), limit_level(tensors["wav"].squeeze(1)), atol=TOL)
+    # SpeechBrain's padding on request: its extra edge frames are cropped, so the waveform lines up with the mel
+    speechbrain = SpeechBrainHifiGan(folder, savedir=tmp_path / "save2", padding="reflect")
+    assert speechbrain.padding == "reflect" and speechbrain.edge_frames == edge
+    assert torch.allclose(speechbrain(mel), limit_level(padded.squeeze(1)), atol=TOL)
+    with pytest.raises(ValueError, match=r"vocoder.padding must be one of \['reflect', 'zeros'\] or null"):
+        SpeechBrainHifiGan(folder, padding="same")

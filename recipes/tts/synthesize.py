@@ -26,7 +26,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from robust_gen.speech.synthesis import Synthesizer, load_trained, read_text_list, write_samples
-from robust_gen.speech.vocoder import build_vocoder
+from robust_gen.speech.vocoder import build_vocoder, validate_vocoder_config
 from robust_gen.training.entry import recipe_main
 from robust_gen.training.recipe import register_resolvers
 
@@ -58,7 +58,7 @@ def synthesize(cfg: DictConfig) -> list[dict]:
     return rows
 
 
-@recipe_main("tts", "synthesize", required=("run_dir",))
+@recipe_main("tts", "synthesize", required=("run_dir",), validate=validate_vocoder_config)
 def main(cfg: DictConfig, output_dir: Path) -> None:
     synthesize(cfg)
 

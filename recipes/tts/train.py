@@ -38,7 +38,7 @@ from robust_gen.speech.gradtts.convert import start_from_run
 from robust_gen.speech.mel_range import MelRange, training_mel_range
 from robust_gen.speech.synthesis import Synthesizer, write_samples
 from robust_gen.speech.task import GradTTSTask, segment_frames_for
-from robust_gen.speech.vocoder import build_vocoder
+from robust_gen.speech.vocoder import build_vocoder, validate_vocoder_config
 from robust_gen.training.entry import recipe_main
 from robust_gen.training.recipe import (
     register_resolvers,
@@ -158,7 +158,13 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-@recipe_main("tts", "train", lock=True, validate=validate_tts_config)
+def validate_config(cfg: DictConfig) -> None:
+    """The whole config before any work: data and model (``validate_tts_config``), then the vocoder."""
+    validate_tts_config(cfg)
+    validate_vocoder_config(cfg)
+
+
+@recipe_main("tts", "train", lock=True, validate=validate_config)
 def main(cfg: DictConfig, run_dir: Path) -> None:
     train(cfg, run_dir)
 

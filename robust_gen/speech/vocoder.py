@@ -28,8 +28,13 @@ __all__ = [
     "SpeechBrainHifiGan",
     "build_vocoder",
     "limit_level",
+    "validate_vocoder_config",
     "write_local_hifigan",
+    "zero_padding_like_original",
 ]
+
+#: How a HiFi-GAN's "same" convolutions pad: SpeechBrain's reflection, or zeros as the original HiFi-GAN.
+HIFIGAN_PADDINGS = ("reflect", "zeros")
 
 #: Log-mel values above this are clipped before inversion: exp() of a diverged sample would overflow.
 MAX_LOG_MEL = 6.0
@@ -159,6 +164,11 @@ class SpeechBrainHifiGan:
         output to ``frames * hop`` samples.
     device:
         Where to run it.
+    padding:
+        How its "same" convolutions pad: ``"reflect"`` (SpeechBrain's generator) or ``"zeros"`` (the original
+        HiFi-GAN; weights converted from it run exactly as trained only so). None: what the folder's
+        ``hyperparams.yaml`` says (``padding: zeros`` for a folder written by
+        :func:`~robust_gen.speech.gradtts.convert.write_authors_hifigan`), else ``"reflect"``.
     """
 
     def __init__(
@@ -169,6 +179,7 @@ class SpeechBrainHifiGan:
         sample_rate: int = 22050,
         hop_length: int = 256,
         device: str = "cpu",
+        padding: str | None = None,
     ) -> None:
         from speechbrain.inference.vocoders import HIFIGAN
 
@@ -179,16 +190,51 @@ class SpeechBrainHifiGan:
                 f"vocoder folder {source} has no hyperparams.yaml; pass a SpeechBrain HiFi-GAN folder or hub id"
             )
         self.sample_rate, self.hop_length = sample_rate, hop_length
+        if padding is not None and padding not in HIFIGAN_PADDINGS:
+            raise ValueError(f"vocoder.padding must be one of {list(HIFIGAN_PADDINGS)} or null, got {padding!r}")
         self.model = HIFIGAN.from_hparams(
             source=source, savedir=None if savedir is None else str(savedir), run_opts={"device": device}
         )
+        self.padding = padding or getattr(self.model.hparams, "padding", None) or "reflect"
+        if self.padding not in HIFIGAN_PADDINGS:
+            raise ValueError(f"{source}/hyperparams.yaml: padding must be one of {list(HIFIGAN_PADDINGS)}, "
+                             f"got {self.padding!r}")  # fmt: skip
+        generator = self.model.hparams.generator
+        # SpeechBrain's inference adds `inference_padding` replicated frames at both ends of the mel (its output is
+        # that much longer, cropped in __call__); the original HiFi-GAN runs on the mel as it is
+        self.edge_frames = int(getattr(generator, "inference_padding", 0) or 0)
+        if self.padding == "zeros":
+            zero_padding_like_original(generator)
+            self.model.infer = lambda mel: generator.inference(mel, padding=False)
+            self.edge_frames = 0
 
     @torch.no_grad()
     def __call__(self, log_mel: torch.Tensor) -> torch.Tensor:
         """Waveforms ``[B, T * hop]`` for log-mels ``[B, n_mels, T]``."""
         _check_mel(log_mel, None)
         wav = self.model.decode_batch(log_mel.float()).squeeze(1).cpu()
+        edge, frames = self.edge_frames * self.hop_length, log_mel.shape[-1] * self.hop_length
+        if edge and wav.shape[-1] == frames + 2 * edge:  # the padded frames' audio, not the utterance's
+            wav = wav[..., edge : edge + frames]
         return limit_level(_fit_length(wav, log_mel.shape[-1], self.hop_length))
+
+
+def zero_padding_like_original(generator: torch.nn.Module) -> torch.nn.Module:
+    """Make a SpeechBrain ``HifiganGenerator``'s "same" convolutions pad with zeros, as the original HiFi-GAN
+    (SpeechBrain's pad by reflection, which changes the first and last few output samples of an utterance).
+
+    Examples
+    --------
+    >>> from speechbrain.nnet.CNN import Conv1d
+    >>> zero_padding_like_original(torch.nn.Sequential(Conv1d(4, 3, in_channels=2)))[0].padding_mode
+    'constant'
+    """
+    from speechbrain.nnet.CNN import Conv1d
+
+    for module in generator.modules():
+        if isinstance(module, Conv1d) and module.padding == "same":
+            module.padding_mode = "constant"  # F.pad's name for zero padding
+    return generator
 
 
 def _check_mel(log_mel: torch.Tensor, n_mels: int | None) -> None:
@@ -200,12 +246,15 @@ def write_local_hifigan(
     directory: str | os.PathLike,
     generator_kwargs: dict[str, Any],
     state_dict: dict[str, torch.Tensor] | None = None,
+    *,
+    padding: str = "reflect",
 ) -> Path:
     """Save a HiFi-GAN generator in the folder layout ``HIFIGAN.from_hparams(source=directory)`` loads offline.
 
     Writes ``hyperparams.yaml`` (a ``HifiganGenerator`` built from ``generator_kwargs``, a pretrainer whose
-    ``pretrained_path`` is this folder) and ``generator.ckpt`` (``state_dict``, or a freshly initialised
-    generator's weights). Returns the folder.
+    ``pretrained_path`` is this folder, and ``padding``: how the weights expect their convolutions to pad, read by
+    :class:`SpeechBrainHifiGan`) and ``generator.ckpt`` (``state_dict``, or a freshly initialised generator's
+    weights). Returns the folder.
 
     Examples
     --------
@@ -220,6 +269,8 @@ def write_local_hifigan(
     import yaml
     from speechbrain.lobes.models.HifiGAN import HifiganGenerator
 
+    if padding not in HIFIGAN_PADDINGS:
+        raise ValueError(f"padding must be one of {list(HIFIGAN_PADDINGS)}, got {padding!r}")
     folder = Path(directory).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     if state_dict is None:
@@ -230,6 +281,7 @@ def write_local_hifigan(
     text = (
         "# A local SpeechBrain HiFi-GAN written by robust_gen.speech.vocoder.write_local_hifigan.\n"
         f"pretrained_path: {folder.as_posix()}\n"
+        f"padding: {padding}   # how these weights' convolutions pad: reflect (SpeechBrain) | zeros (original)\n"
         "generator: !new:speechbrain.lobes.models.HifiGAN.HifiganGenerator\n"
         f"{body}\n"
         "modules:\n"
@@ -247,8 +299,8 @@ def write_local_hifigan(
 def build_vocoder(
     kind: str = "griffin_lim", *, mel_config: MelConfig | None = None, device: str = "cpu", **options: Any
 ):
-    """A vocoder from config: ``kind="hifigan"`` (needs ``source``; optional ``savedir``) or ``"griffin_lim"``
-    (optional ``n_iter``, ``momentum``, ``seed``).
+    """A vocoder from config: ``kind="hifigan"`` (needs ``source``; optional ``savedir``, ``padding``) or
+    ``"griffin_lim"`` (optional ``n_iter``, ``momentum``, ``seed``).
 
     Examples
     --------
@@ -267,6 +319,7 @@ def build_vocoder(
             sample_rate=mel_config.sample_rate,
             hop_length=mel_config.hop_length,
             device=device,
+            padding=options.get("padding"),
         )
     if kind == "griffin_lim":
         allowed = {"n_iter", "momentum", "seed"}
@@ -275,3 +328,26 @@ def build_vocoder(
             raise ValueError(f"unknown Griffin-Lim option(s) {unknown}; known: {sorted(allowed)}")
         return GriffinLimVocoder(mel_config, **{k: v for k, v in options.items() if k in allowed})
     raise ValueError(f"unknown vocoder kind {kind!r}; choose 'hifigan' or 'griffin_lim'")
+
+
+def validate_vocoder_config(cfg: Any) -> None:
+    """A speech config's ``vocoder`` section, checked before any work: names and ranges, one line each.
+
+    Examples
+    --------
+    >>> validate_vocoder_config({"vocoder": {"kind": "hifigan", "source": "x", "padding": "zero"}})
+    Traceback (most recent call last):
+    ...
+    ValueError: vocoder.padding must be one of ['reflect', 'zeros'] or null, got 'zero'
+    """
+    from robust_gen.training.settings import Rule, check_choice, check_config
+
+    vocoder = cfg.get("vocoder") or {}
+    check_choice("vocoder.kind", vocoder.get("kind", "griffin_lim"), ("griffin_lim", "hifigan"))
+    padding = vocoder.get("padding")
+    if padding is not None and padding not in HIFIGAN_PADDINGS:
+        raise ValueError(f"vocoder.padding must be one of {list(HIFIGAN_PADDINGS)} or null, got {padding!r}")
+    if vocoder.get("kind") == "hifigan" and not vocoder.get("source"):
+        raise ValueError("vocoder.kind=hifigan needs vocoder.source: a SpeechBrain hub id or a local folder "
+                         "(tools/import_gradtts.py writes one from the authors' hifigan.pt)")
+    check_config(cfg, {"vocoder.n_iter": Rule("int", 1, nullable=True)})

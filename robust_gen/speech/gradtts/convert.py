@@ -42,7 +42,6 @@ __all__ = [
     "start_from_run",
     "write_authors_hifigan",
     "write_imported_run",
-    "zero_padding_like_original",
 ]
 
 log = logging.getLogger(__name__)
@@ -308,7 +307,7 @@ def convert_hifigan_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torc
     wrapper and use parametrized weight norm: ``original0`` = g, ``original1`` = v). The architectures are the
     same (layers, shapes, activations); one difference is SpeechBrain's: its "same" convolutions pad by
     reflection where the original pads with zeros, which changes the first and last few output samples of an
-    utterance. :func:`zero_padding_like_original` switches a generator to zero padding (then the output is the
+    utterance. :func:`robust_gen.speech.vocoder.zero_padding_like_original` switches a generator to zero padding (then the output is the
     original's to float rounding).
 
     Examples
@@ -330,33 +329,19 @@ def convert_hifigan_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torc
     return out
 
 
-def zero_padding_like_original(generator: torch.nn.Module) -> torch.nn.Module:
-    """Make a SpeechBrain ``HifiganGenerator``'s "same" convolutions pad with zeros, as the original HiFi-GAN.
-
-    Examples
-    --------
-    >>> from speechbrain.nnet.CNN import Conv1d
-    >>> zero_padding_like_original(torch.nn.Sequential(Conv1d(4, 3, in_channels=2)))[0].padding_mode
-    'constant'
-    """
-    from speechbrain.nnet.CNN import Conv1d
-
-    for module in generator.modules():
-        if isinstance(module, Conv1d) and module.padding == "same":
-            module.padding_mode = "constant"  # F.pad's name for zero padding
-    return generator
-
-
 def write_authors_hifigan(
     checkpoint: str | Path, out_dir: str | Path, config: dict[str, Any] | None = None
 ) -> Path:
     """Write the authors' HiFi-GAN (``hifigan.pt``: ``{"generator": state_dict}``) as a local SpeechBrain HiFi-GAN
-    folder for ``vocoder.kind=hifigan vocoder.source=<out_dir>``; ``config`` defaults to their hifigan-config.json."""
+    folder for ``vocoder.kind=hifigan vocoder.source=<out_dir>``; ``config`` defaults to their hifigan-config.json.
+    The folder is marked to pad with zeros (``padding: zeros`` in its hyperparams.yaml), so the recipe's vocoder
+    runs it as the original."""
     from robust_gen.speech.vocoder import write_local_hifigan
 
     state = torch.load(Path(checkpoint), map_location="cpu", weights_only=True)
     state = state.get("generator", state) if isinstance(state, dict) else state
     if not isinstance(state, dict):
         raise ValueError(f"{checkpoint} holds no HiFi-GAN generator state dict")
+    # the folder says it pads with zeros like the original: SpeechBrainHifiGan then runs it exactly as trained
     return write_local_hifigan(out_dir, hifigan_generator_kwargs(config or AUTHORS_HIFIGAN_CONFIG),
-                               convert_hifigan_state_dict(state))
+                               convert_hifigan_state_dict(state), padding="zeros")
