@@ -218,6 +218,22 @@ def test_reference_folder_with_class_subfolders(tmp_path, digits):
     assert refs.images.shape == (6, 16, 16, 1) and refs.labels.tolist() == [0, 0, 0, 1, 1, 1]
 
 
+def test_references_with_a_crop_margin_are_the_training_datas_centred_crop():
+    """A run trained with data.crop_margin sees digits resized to resolution + margin and cropped; its centred
+    samples are to be compared with references of the same geometry, not with a plain resize."""
+    from robust_gen.image.data.dataset import Augmentation
+    from robust_gen.image.data.sources import load_digits_source
+
+    refs = load_references("digits", image_size=16, max_images=None, crop_margin=8)
+    canvas = load_digits_source(resolution=16, crop_margin=8).images
+    top, left, _ = Augmentation(resolution=16, margin=8, factor=4).center()
+    assert np.array_equal(refs.images, canvas[:, top : top + 16, left : left + 16])
+    plain = load_references("digits", image_size=16).images
+    assert refs.images.shape == plain.shape and not np.array_equal(refs.images, plain)
+    with pytest.raises(ValueError, match=r"references\.crop_margin must be >= 0, got -2"):
+        load_references("digits", image_size=16, crop_margin=-2)
+
+
 # ------------------------------------------------------------------------------------------------ inception
 
 

@@ -47,7 +47,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run the evaluation described by ``cfg`` (configs/image/evaluate.yaml) and return the metrics report."""
     device = _device(cfg.device)
     refs_cfg = cfg.references
-    references = load_references(refs_cfg.source, refs_cfg.image_size, refs_cfg.max_images, refs_cfg.seed)
+    references = load_references(refs_cfg.source, refs_cfg.image_size, refs_cfg.max_images, refs_cfg.seed,
+                                 crop_margin=refs_cfg.get("crop_margin") or 0)
     clf_cfg = OmegaConf.to_container(cfg.classifier, resolve=True)
     path, cache_dir = clf_cfg.pop("path"), clf_cfg.pop("cache_dir")
     # null settings mean the library default: leave them out, so the cached classifier's key does not change

@@ -193,34 +193,50 @@ def _load_image_folder(root: Path, image_size: int) -> SampleSet:
 
 
 def load_references(
-    source: str | Path = "digits", image_size: int = 32, max_images: int | None = None, seed: int = 0
+    source: str | Path = "digits",
+    image_size: int = 32,
+    max_images: int | None = None,
+    seed: int = 0,
+    crop_margin: int = 0,
 ) -> SampleSet:
     """Clean reference images: ``"digits"``, a folder of images (class sub-folders optional) or an ``.npz``.
 
-    Images are resized to ``image_size``; ``max_images`` keeps a seeded random subset.
+    Images are resized to ``image_size``; ``max_images`` keeps a seeded random subset. ``crop_margin``: resized
+    to ``image_size + crop_margin`` and centre-cropped to ``image_size`` instead, the geometry of a run trained
+    with ``data.crop_margin`` and sampled with its centred crop (its digits are that much larger than a plain
+    resize makes them).
 
     Examples
     --------
     >>> len(load_references("digits", image_size=16, max_images=100))
     100
+    >>> load_references("digits", image_size=16, max_images=10, crop_margin=4).images.shape
+    (10, 16, 16, 1)
     >>> load_references("no/such/place")
     Traceback (most recent call last):
     ...
     FileNotFoundError: reference source no/such/place not found: use 'digits', an image folder or a .npz
     """
+    if crop_margin < 0:
+        raise ValueError(f"references.crop_margin must be >= 0, got {crop_margin}")
+    canvas = image_size + crop_margin
     if str(source) == "digits":
-        refs = digits_references(image_size)
+        refs = digits_references(canvas)
     else:
         path = Path(source)
         if path.is_dir():
-            refs = _load_image_folder(path, image_size)
+            refs = _load_image_folder(path, canvas)
         elif path.is_file() and path.suffix == ".npz":
             refs = load_samples(path)
-            refs = SampleSet(resize_images(refs.images, image_size), refs.labels, source=str(path))
+            refs = SampleSet(resize_images(refs.images, canvas), refs.labels, source=str(path))
         else:
             raise FileNotFoundError(
                 f"reference source {source} not found: use 'digits', an image folder or a .npz"
             )
+    if crop_margin:
+        top = crop_margin // 2  # the training data's centred crop (robust_gen.image.data.dataset.Augmentation)
+        crop = refs.images[:, top : top + image_size, top : top + image_size]
+        refs = SampleSet(np.ascontiguousarray(crop), refs.labels, source=f"{refs.source} (centre crop of {canvas})")
     if max_images is not None and max_images < len(refs):
         keep = np.sort(np.random.default_rng(seed).choice(len(refs), max_images, replace=False))
         refs = SampleSet(refs.images[keep], refs.labels[keep], source=refs.source)
