@@ -49,6 +49,12 @@ def test_resuming_with_changed_settings_is_refused_before_anything_is_written(tm
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     (tmp_path / "checkpoints" / "step_00000004").mkdir(parents=True)
     check_resume(compose_config("image", overrides=["trainer.lr=0.001", "trainer.max_steps=9"]), tmp_path)
+    # how a study samples and evaluates the trained run is not a training setting
+    study = compose_config("image", overrides=["trainer.lr=0.001", "+experiment=slight_label", "finish.sample=true"])
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(study, resolve=True))
+    check_resume(compose_config("image", overrides=["trainer.lr=0.001", "+experiment=slight_label",
+                                                    "finish.sample=false", "study.sample=['num_images=10']"]), tmp_path)
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     with pytest.raises(ValueError, match=r"loss._target_: .*L2Loss.* -> .*L1Loss.*; trainer.lr: 0.001 -> 0.5"):
         check_resume(compose_config("image", overrides=["trainer.lr=0.5", "loss=l1"]), tmp_path)
     check_resume(compose_config("image", overrides=["trainer.lr=0.5", "trainer.restart=true"]), tmp_path)

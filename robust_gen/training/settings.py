@@ -167,8 +167,10 @@ RESUME_FREE_KEYS = frozenset({
     "trainer.channels_last", "trainer.fsdp", "trainer.fsdp_wrap", "trainer.restart", "trainer.resample",
     "cpu_threads", "device",
 })
-#: Groups whose every key may change on resume (what is rendered along the way, not what is trained).
-RESUME_FREE_GROUPS = ("samples.", "latents.encode_batch_size", "hydra.")
+#: Groups whose every key may change on resume (what is rendered along the way, not what is trained): preview
+#: samples, and a study's instructions for sampling and evaluating the run once trained (``study.*``, ``finish.*``;
+#: the resumed run's config.yaml then records the new ones, which is what its finish step reads).
+RESUME_FREE_GROUPS = ("samples.", "latents.encode_batch_size", "hydra.", "study.", "finish.")
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
