@@ -135,3 +135,17 @@ def test_a_bad_vocoder_setting_of_the_speech_recipe_is_one_line_before_any_work(
     done = _run([str(ROOT / "recipes" / "tts" / "train.py"), override], tmp_path)
     assert done.returncode == 2 and done.stderr.strip().splitlines()[0] == message, done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "runs").exists()
+
+
+def test_a_user_error_in_one_job_of_a_multirun_fails_that_job_only(tmp_path):
+    tiny = ["data.limit=20", "data.resolution=8", "autoencoder=none", "trainer.batch_size=4", "trainer.progress=false",
+            "trainer.tensorboard=false", "trainer.warmup_steps=0", "samples.num_per_class=1", "sampler.num_steps=2",
+            "model.backbone.block_out_channels=[8,16]", "model.backbone.attention_head_dim=2",
+            "model.backbone.norm_num_groups=4"]  # fmt: skip
+    sweep = tmp_path / "sweep"
+    done = _run([str(ROOT / "recipes" / "image" / "train.py"), "-m", "trainer.max_steps=0,1", f"hydra.sweep.dir={sweep}",
+                 *tiny], tmp_path, timeout=300)  # fmt: skip
+    assert done.returncode != 0
+    assert "error: trainer.max_steps must be an integer >= 1, got 0" in done.stderr, done.stderr[-2000:]
+    finished = [p.parent.name for p in sweep.glob("*/summary.json")]
+    assert finished == ["1"]  # job 1, after the refused job 0, still trained

@@ -16,7 +16,9 @@
 A user error (a bad value, a missing folder or run, a locked run, a damaged checkpoint, a full disk) prints one
 line, ``error: <what and the fix>``, and exits with code 2; the traceback only with ``HYDRA_FULL_ERROR=1`` or
 ``--verbose``. A folder this command created and left with nothing of value (Hydra's log, the lock file) is
-removed (:class:`RunDirGuard`, a Hydra callback every recipe config names).
+removed (:class:`RunDirGuard`, a Hydra callback every recipe config names). In a multirun (``-m``) a user error
+fails only its own job (:class:`JobFailed`): the sweep's other jobs still run, and Hydra reports the failure
+when they are done (exit code 1), so one refused run folder does not cost a night's sweep.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from robust_gen.training.settings import changed_settings
 from robust_gen.training.trainer import NonFiniteLossError
 
 __all__ = [
-    "USER_ERRORS", "RunDirGuard", "check_added_keys", "check_missing", "check_objects", "check_resume", "recipe_main",
+    "USER_ERRORS", "JobFailed", "RunDirGuard", "check_added_keys", "check_missing", "check_objects", "check_resume", "recipe_main",
     "remove_if_worthless",
 ]
 
@@ -56,6 +58,13 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError, FileNotFoundError, NotADirectoryError, RunDirLocked, UnverifiedCheckpointsError,
     OmegaConfBaseException, PermissionError, NonFiniteLossError,
 )
+
+
+class JobFailed(RuntimeError):
+    """A user error in one job of a multirun: an ordinary exception, which Hydra records for that job while the
+    sweep's other jobs go on (``SystemExit`` would end the whole sweep)."""
+
+
 #: What a folder may hold and still be worth nothing: Hydra's job log, the lock file, our copy of .hydra/.
 _WORTHLESS = (".log", ".lock")
 _created: dict[str, Path] = {}  # output dir -> the topmost folder this command created for it
@@ -273,6 +282,8 @@ def recipe_main(
                     raise
                 print(f"error: {_one_line(error)}", file=sys.stderr, flush=True)
                 print("  (full traceback: HYDRA_FULL_ERROR=1 or --verbose)", file=sys.stderr, flush=True)
+                if _in_multirun():
+                    raise JobFailed(f"{output_dir}: {_one_line(error)}") from None
                 raise SystemExit(2) from None
 
         # Hydra names the job (and its log file) after the function it is given, unwrapped: the recipe's task
@@ -297,6 +308,13 @@ def recipe_main(
         return main
 
     return decorator
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _verbose() -> bool:
