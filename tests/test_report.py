@@ -469,3 +469,45 @@ def test_study_report_states_each_claim_with_its_interval(sweep: Path, tmp_path:
         assert {r["n"] for r in csv.DictReader(handle)} == {"3"}
     spread = list(csv.DictReader(files["spread_csv"].open()))
     assert {r["design"] for r in spread} == {"training seed only"}  # the synthetic runs share corruption seed 0
+
+
+def _guided_run(seed: int, ratio: float, fid_at: dict[float, float]) -> dict:
+    """A flat record of a run sampled at several guidance scales (tags named like the driver's)."""
+    record = {"corruption.ratio": ratio, "cep.kind": "none", "trainer.seed": seed, "corruption.seed": seed}
+    for scale, fid in fid_at.items():
+        tag = f"dpm_solver20_g{scale:g}"
+        record.update({f"eval.{tag}.guidance_scale": scale, f"eval.{tag}.fid": fid,
+                       f"eval.{tag}.conditional_accuracy": 0.9})  # fmt: skip
+    best = min(fid_at, key=fid_at.get)
+    record.update({"eval.best.guidance_scale": best, "eval.best.fid": fid_at[best], "eval.best.conditional_accuracy": 0.9})
+    return record
+
+
+def test_claims_at_each_guidance_scale_can_disagree_with_best_against_best(tmp_path: Path) -> None:
+    # corrupted runs are worse at their best scale but better at the high scale where the clean ones over-guide:
+    # the best-scale claim and the fixed-scale claims must come out differently, each from its own scale's tags
+    records = [_guided_run(s, 0.0, {1.0: 2.0 + 0.01 * s, 3.0: 3.0 + 0.01 * s}) for s in range(5)]
+    records += [_guided_run(s, 0.05, {1.0: 2.5 + 0.02 * s, 3.0: 2.8}) for s in range(5)]
+    files = write_study_report(records, STUDIES["slight_label"], tmp_path)
+    assert "slight corruption" in files["claims_md"].read_text()
+    best = next(line for line in files["claims_md"].read_text().splitlines() if "slight corruption" in line)
+    assert best.endswith("not reproduced.")
+    lines = files["guidance_claims_md"].read_text().splitlines()
+    at = {line.split(" | ")[2]: line for line in lines if "slight corruption" in line}
+    assert at["1"].endswith("| 0 of 5 | not reproduced |") and "+0.52 [" in at["1"]
+    assert at["3"].endswith("| 5 of 5 | reproduced |")
+    assert "## The claims at each fixed guidance scale" in files["md"].read_text()
+    rows = list(csv.DictReader(files["guidance_csv"].open()))
+    assert {(r["corruption.ratio"], r["guidance_scale"], r["eval.best.fid.n"]) for r in rows} == {
+        ("0.0", "1.0", "5"), ("0.0", "3.0", "5"), ("0.05", "1.0", "5"), ("0.05", "3.0", "5")}
+    assert files["guidance_png:eval.best.fid"].read_bytes().startswith(PNG_MAGIC)
+
+
+def test_a_run_sampled_twice_at_one_scale_is_left_out_of_that_scale(tmp_path: Path) -> None:
+    from robust_gen.experiments.report import records_at_each_guidance_scale, write_guidance_report
+
+    run = {"trainer.seed": 0, "eval.centred.guidance_scale": 3.0, "eval.shifted.guidance_scale": 3.0,
+           "eval.centred.fid": 1.0, "eval.shifted.fid": 2.0}  # fmt: skip
+    assert records_at_each_guidance_scale([run]) == {}
+    assert write_guidance_report([run], STUDIES["slight_label"], tmp_path) == {}
+    assert not any(tmp_path.iterdir())

@@ -51,9 +51,11 @@ __all__ = [
     "plot_metric",
     "read_run",
     "read_run_series",
+    "records_at_each_guidance_scale",
     "varying_keys",
     "write_claims",
     "write_csv",
+    "write_guidance_report",
     "write_markdown",
     "write_spread",
     "write_study_report",
@@ -644,6 +646,101 @@ def write_claims(
     return judged
 
 
+def records_at_each_guidance_scale(records: Sequence[Mapping[str, Any]]) -> dict[float, list[dict[str, Any]]]:
+    """Per guidance scale the runs were sampled at, the records with every ``eval.best.*`` key replaced by the
+    value of the sample tag at that scale, so whatever reads ``eval.best.*`` (tables, claims) reads that scale.
+
+    A run sampled twice at one scale (two tags, e.g. two crop conditions) is ambiguous and left out of that scale.
+
+    Examples
+    --------
+    >>> run = {"trainer.seed": 0, "eval.best.fid": 1.0, "eval.best.guidance_scale": 2.0,
+    ...        "eval.g1.fid": 3.0, "eval.g1.guidance_scale": 1.0, "eval.g2.fid": 1.0, "eval.g2.guidance_scale": 2.0}
+    >>> at = records_at_each_guidance_scale([run])
+    >>> sorted(at), at[1.0][0]["eval.best.fid"], at[1.0][0]["eval.best.guidance_scale"]
+    ([1.0, 2.0], 3.0, 1.0)
+    """
+    out: dict[float, list[dict[str, Any]]] = {}
+    suffix = ".guidance_scale"
+    for record in records:
+        tags_at: dict[float, list[str]] = {}
+        for key, value in record.items():
+            tag = key[len("eval."):-len(suffix)]
+            if key.startswith("eval.") and key.endswith(suffix) and tag != "best" and _number(value) is not None:
+                tags_at.setdefault(float(value), []).append(tag)
+        for scale, tags in tags_at.items():
+            if len(tags) != 1:
+                continue
+            prefix = f"eval.{tags[0]}."
+            at_scale = {k: v for k, v in record.items() if not k.startswith("eval.best.")}
+            at_scale.update({"eval.best." + k[len(prefix):]: v for k, v in record.items() if k.startswith(prefix)})
+            out.setdefault(scale, []).append(at_scale)
+    return dict(sorted(out.items()))
+
+
+def write_guidance_report(
+    records: Sequence[Mapping[str, Any]], spec: StudySpec, out_dir: str | Path, *, name: str = "report"
+) -> dict[str, Path]:
+    """``spec.guidance_metrics`` at every guidance scale (:func:`records_at_each_guidance_scale`): mean ± std per
+    setting and scale (``<name>_guidance.csv``), a curve per setting (``<name>_guidance_<metric>.png``) and
+    ``spec.claims`` judged at each fixed scale (``<name>_guidance_claims.md`` / ``.csv``). Nothing is written for
+    runs sampled at one scale only. Returns the written files by kind.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> spec = StudySpec("t", by=("m",), x="m", metrics=(), guidance_metrics=("eval.best.fid",))
+    >>> recs = [{"m": m, "trainer.seed": s, f"eval.g{g}.guidance_scale": g, f"eval.g{g}.fid": g + s}
+    ...         for m in "ab" for s in (0, 1) for g in (1, 2)]
+    >>> recs = [{k: v for r in recs if (r["m"], r["trainer.seed"]) == (m, s) for k, v in r.items()}
+    ...         for m in "ab" for s in (0, 1)]
+    >>> sorted(write_guidance_report(recs, spec, pathlib.Path(tempfile.mkdtemp())))
+    ['guidance_csv', 'guidance_png:eval.best.fid']
+    """
+    out_dir = Path(out_dir)
+    per_scale = records_at_each_guidance_scale(records)
+    if len(per_scale) < 2 or not spec.guidance_metrics:
+        return {}
+    by = (*spec.by, *spec.extra_by, "guidance_scale")
+    long = [{**r, "guidance_scale": scale} for scale, members in per_scale.items() for r in members]
+    rows = aggregate(long, by, spec.guidance_metrics)
+    files: dict[str, Path] = {"guidance_csv": write_csv(rows, out_dir / f"{name}_guidance.csv")}
+    for metric in spec.guidance_metrics:
+        short = metric.rsplit(".", 1)[-1]
+        files[f"guidance_png:{metric}"] = plot_metric(
+            rows, "guidance_scale", metric, out_dir / f"{name}_guidance_{short}.png", hue=by[:-1],
+            title=f"{spec.title}: {short} at each guidance scale", xlabel="guidance scale", ylabel=short,
+        )  # fmt: skip
+    judged = [
+        {"guidance_scale": scale, **row}
+        for scale, members in per_scale.items()
+        for claim in spec.claims
+        if claim.metric in spec.guidance_metrics
+        for row in judge(members, claim)
+        if row["n"]
+    ]
+    if judged:
+        across = list(dict.fromkeys(k for c in spec.claims for k in c.across))
+        lines = ["## The claims at each fixed guidance scale", "",
+                 "Each run's samples at one scale instead of its best scale (paired by seed as above).", "",
+                 "| the paper says | setting | guidance | treatment minus baseline [95% CI] | pairs the paper's way "
+                 "| verdict |", "|---|---|---|---|---|---|"]  # fmt: skip
+        for row in judged:
+            claim = next(c for c in spec.claims if c.paper == row["paper"] and c.metric == row["metric"])
+            setting = ", ".join([f"{k}={v}" for k, v in claim.where.items()] + [f"{k}={row[k]}" for k in claim.across])
+            lines.append(
+                f"| {row['paper']} ({claim.key}={claim.treatment} vs {claim.baseline}) | {setting or 'all runs'} "
+                f"| {format_value(row['guidance_scale'])} | {row['mean']:+.3g} [{row['ci_low']:+.3g}, "
+                f"{row['ci_high']:+.3g}] | {row['agree']} of {row['n']} | {row['verdict']} |"
+            )
+        files["guidance_claims_md"] = out_dir / f"{name}_guidance_claims.md"
+        files["guidance_claims_md"].write_text("\n".join(lines) + "\n")
+        columns = ["guidance_scale", "paper", "metric", *across, "n", "mean", "ci_low", "ci_high", "agree",
+                   "verdict", "seeds", "differences"]  # fmt: skip
+        files["guidance_claims_csv"] = write_csv(judged, out_dir / f"{name}_guidance_claims.csv", columns=columns)
+    return files
+
+
 def write_spread(
     records: Sequence[Mapping[str, Any]], by: Sequence[str], metrics: Sequence[str], path: str | Path
 ) -> list[dict[str, Any]]:
@@ -755,6 +852,11 @@ def write_study_report(
             files[f"bars:{suffix}"] = plot_bars(
                 rows, spec.x, group, out_dir / f"{name}_{suffix}.png", title=spec.title, ylabel=suffix
             )
+    guidance = write_guidance_report(records, spec, out_dir, name=name)
+    files.update(guidance)
+    if "guidance_claims_md" in guidance:
+        with files["md"].open("a") as handle:
+            handle.write("\n" + guidance["guidance_claims_md"].read_text())
     if series and spec.series_metrics:
         series_rows = aggregate(series, (*by, "step"), spec.series_metrics)
         files["series_csv"] = write_csv(series_rows, out_dir / f"{name}_series.csv")

@@ -33,6 +33,9 @@ class StudySpec:
     the sweep, run one after the other into the same sweep folder (``<overlay>_paper`` at paper scale).
     ``claims``: the papers' claims the study tests, as paired comparisons (:class:`~robust_gen.experiments.paired.Claim`;
     the report states each as "the paper says X; here the paired difference is Y [CI]; verdict").
+    ``guidance_metrics``: ``eval.best.*`` keys also shown at every guidance scale the runs were sampled at (a
+    curve per setting, and the claims judged at each fixed scale), for studies whose headline is the best scale
+    of a sweep: where the best scale moves between settings, best-against-best and same-scale comparisons differ.
     """
 
     title: str
@@ -48,6 +51,7 @@ class StudySpec:
     recipe: str = "image"
     overlays: tuple[str, ...] = ()
     claims: tuple[Claim, ...] = ()
+    guidance_metrics: tuple[str, ...] = ()
 
     @property
     def hue(self) -> tuple[str, ...]:
@@ -56,6 +60,7 @@ class StudySpec:
 
 _FID = ("eval.best.fid", "eval.best.kid_mean", "eval.best.precision", "eval.best.recall")
 _RATIO = ("corruption.ratio",)
+_GUIDED = ("eval.best.fid", "eval.best.conditional_accuracy")
 
 
 def _cep_claims(data: str) -> tuple[Claim, ...]:
@@ -80,7 +85,8 @@ STUDIES: dict[str, StudySpec] = {
         metrics=(*_FID, "eval.best.conditional_accuracy", "eval.best.guidance_scale"),
         notes="eval.best.*: the sample tag (guidance scale) of lowest FID per run, as the paper reports the best "
         "guidance scale of a sweep. FID/KID on the domain classifier's features (offline), not Inception.",
-        recipe="image", overlays=('slight_label',), claims=_cep_claims("class labels"),
+        recipe="image", overlays=('slight_label',), guidance_metrics=_GUIDED,
+        claims=_cep_claims("class labels"),
     ),
     "slight_caption": StudySpec(
         "Slight corruption, captions (Chen et al. 2024)",
@@ -90,7 +96,8 @@ STUDIES: dict[str, StudySpec] = {
         "finds the digit the caption names (the offline stand-in for a CLIP score). manifest.effective_ratio: the "
         "share of samples whose swapped caption names another digit (a swap between two captions of one digit "
         "changes nothing), beside the nominal ratio.",
-        recipe="image", overlays=('slight_caption',), claims=_cep_claims("captions"),
+        recipe="image", overlays=('slight_caption',), guidance_metrics=_GUIDED,
+        claims=_cep_claims("captions"),
     ),
     "huber_image": StudySpec(
         "Scheduled pseudo-Huber, images: one concept with off-topic outliers (Khrapov et al. 2024)",
