@@ -191,7 +191,8 @@ def test_conditioning_runs_carry_the_accuracy_lost_by_moving_the_crop(tmp_path: 
             run = tmp_path / f"{mode}_{seed}"
             (run / "eval").mkdir(parents=True)
             (run / "config.yaml").write_text(yaml.safe_dump({"control": {"mode": mode}, "trainer": {"seed": seed}}))
-            tags = {"centred": {"conditional_accuracy": 0.9 if mode == "entangled" else 0.88, "fid": 3.0},
+            fid = 3.0 if mode == "entangled" else 2.8 + 0.01 * seed
+            tags = {"centred": {"conditional_accuracy": 0.9 if mode == "entangled" else 0.88, "fid": fid},
                     "shifted": {"conditional_accuracy": accuracy, "fid": 4.0}}
             (run / "eval" / "metrics.json").write_text(json.dumps({"tags": tags}))
     records = collect_runs([tmp_path])
@@ -201,6 +202,8 @@ def test_conditioning_runs_carry_the_accuracy_lost_by_moving_the_crop(tmp_path: 
     claims = files["claims_md"].read_text()
     line = next(x for x in claims.splitlines() if "loses less conditional accuracy" in x)
     assert "reproduced" in line and "not reproduced" not in line and "5 of 5" in line
+    line = next(x for x in claims.splitlines() if "lowers FID" in x)  # the paper's headline: -7 % FID at 256 px
+    assert "eval.centred.fid" in line and "-0.18 [" in line and line.endswith(": reproduced.")
 
 
 def _speech_run(root: Path, method: str, seed: int, curve: list[float]) -> Path:
@@ -365,8 +368,11 @@ def test_experiment_overlays_compose(recipe: str, overlay: str) -> None:
         assert str(params["trainer.seed"]) == "0,1,2"
     elif recipe == "image" and overlay != "conditioning":
         # issue 16: trained far enough (the clean model good), 5 seeds, each seed its own corruption draw
-        assert cfg.trainer.max_steps == 1500 and str(params["trainer.seed"]) == "0,1,2,3,4"
-        assert cfg.corruption.seed == cfg.trainer.seed
+        # (the one-concept study 3000: its clean pseudo-Huber model at delta 0.01 learns more slowly)
+        assert cfg.trainer.max_steps == (3000 if overlay.startswith("huber") else 1500)
+        assert str(params["trainer.seed"]) == "0,1,2,3,4" and cfg.corruption.seed == cfg.trainer.seed
+    if overlay == "conditioning":  # crops only: on digits a flip changes the glyph, so the flag would carry semantics
+        assert cfg.trainer.max_steps == 3000 and cfg.data.crop_margin == 8 and cfg.data.flip is False
     if overlay.startswith("huber_image_delta"):
         assert params["loss.c_min"] == "0.01" and params["loss.form"] == "huber,vector"
 

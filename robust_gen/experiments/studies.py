@@ -174,6 +174,8 @@ STUDIES: dict[str, StudySpec] = {
                   "moves (the drop from the centred to the shifted crop within each run)",
                   "eval.shift_drop.conditional_accuracy", "control.mode", "disentangled", "entangled",
                   better="lower"),
+            Claim("disentangled control lowers FID (ImageNet-1k: -7 % at 256 px, -8 % at 512)", "eval.centred.fid",
+                  "control.mode", "disentangled", "entangled", better="lower"),
         ),
     ),
 }  # fmt: skip
