@@ -220,14 +220,15 @@ def judge(
         if row["n"] < min_pairs:
             result = f"inconclusive (only {row['n']} pairs; a verdict needs {min_pairs})"
         setting = ", ".join([f"{k}={v}" for k, v in claim.where.items()] + [f"{k}={row[k]}" for k in claim.across])
+        setting = setting or "all runs"
         sentence = (
-            f"The paper says: {claim.paper}. Here ({setting or 'all runs'}), {claim.metric} of "
+            f"The paper says: {claim.paper}. Here ({setting}), {claim.metric} of "
             f"{claim.key}={claim.treatment} minus {claim.key}={claim.baseline} at the same seed is "
             f"{_fmt(row['mean'])} [{_fmt(low)}, {_fmt(high)}] ({confidence:.0%} bootstrap CI, {row['n']} pairs, "
             f"{agree} of {row['n']} {claim.better}): {result}."
         )
         out.append({**row, "paper": claim.paper, "metric": claim.metric, "ci_low": low, "ci_high": high,
-                    "agree": agree, "verdict": result, "sentence": sentence})  # fmt: skip
+                    "agree": agree, "verdict": result, "setting": setting, "sentence": sentence})  # fmt: skip
     return out
 
 

@@ -646,6 +646,12 @@ def write_claims(
     return judged
 
 
+def _claim_columns(spec: StudySpec) -> list[str]:
+    """Columns of a claims CSV: the claim, the setting keys its pairs are split by, the paired statistics."""
+    across = dict.fromkeys(k for claim in spec.claims for k in claim.across)
+    return ["paper", "metric", *across, "n", "mean", "ci_low", "ci_high", "agree", "verdict", "seeds", "differences"]
+
+
 def records_at_each_guidance_scale(records: Sequence[Mapping[str, Any]]) -> dict[float, list[dict[str, Any]]]:
     """Per guidance scale the runs were sampled at, the records with every ``eval.best.*`` key replaced by the
     value of the sample tag at that scale, so whatever reads ``eval.best.*`` (tables, claims) reads that scale.
@@ -665,9 +671,10 @@ def records_at_each_guidance_scale(records: Sequence[Mapping[str, Any]]) -> dict
     for record in records:
         tags_at: dict[float, list[str]] = {}
         for key, value in record.items():
-            tag = key[len("eval."):-len(suffix)]
-            if key.startswith("eval.") and key.endswith(suffix) and tag != "best" and _number(value) is not None:
-                tags_at.setdefault(float(value), []).append(tag)
+            if key.startswith("eval.") and key.endswith(suffix) and _number(value) is not None:
+                tag = key[len("eval.") : -len(suffix)]
+                if tag != "best":
+                    tags_at.setdefault(float(value), []).append(tag)
         for scale, tags in tags_at.items():
             if len(tags) != 1:
                 continue
@@ -697,9 +704,11 @@ def write_guidance_report(
     >>> sorted(write_guidance_report(recs, spec, pathlib.Path(tempfile.mkdtemp())))
     ['guidance_csv', 'guidance_png:eval.best.fid']
     """
+    if not spec.guidance_metrics:
+        return {}
     out_dir = Path(out_dir)
     per_scale = records_at_each_guidance_scale(records)
-    if len(per_scale) < 2 or not spec.guidance_metrics:
+    if len(per_scale) < 2:
         return {}
     by = (*spec.by, *spec.extra_by, "guidance_scale")
     long = [{**r, "guidance_scale": scale} for scale, members in per_scale.items() for r in members]
@@ -712,7 +721,7 @@ def write_guidance_report(
             title=f"{spec.title}: {short} at each guidance scale", xlabel="guidance scale", ylabel=short,
         )  # fmt: skip
     judged = [
-        {"guidance_scale": scale, **row}
+        (scale, claim, row)
         for scale, members in per_scale.items()
         for claim in spec.claims
         if claim.metric in spec.guidance_metrics
@@ -720,24 +729,22 @@ def write_guidance_report(
         if row["n"]
     ]
     if judged:
-        across = list(dict.fromkeys(k for c in spec.claims for k in c.across))
         lines = ["## The claims at each fixed guidance scale", "",
                  "Each run's samples at one scale instead of its best scale (paired by seed as above).", "",
                  "| the paper says | setting | guidance | treatment minus baseline [95% CI] | pairs the paper's way "
                  "| verdict |", "|---|---|---|---|---|---|"]  # fmt: skip
-        for row in judged:
-            claim = next(c for c in spec.claims if c.paper == row["paper"] and c.metric == row["metric"])
-            setting = ", ".join([f"{k}={v}" for k, v in claim.where.items()] + [f"{k}={row[k]}" for k in claim.across])
-            lines.append(
-                f"| {row['paper']} ({claim.key}={claim.treatment} vs {claim.baseline}) | {setting or 'all runs'} "
-                f"| {format_value(row['guidance_scale'])} | {row['mean']:+.3g} [{row['ci_low']:+.3g}, "
-                f"{row['ci_high']:+.3g}] | {row['agree']} of {row['n']} | {row['verdict']} |"
-            )
+        lines += [
+            f"| {claim.paper} ({claim.key}={claim.treatment} vs {claim.baseline}) | {row['setting']} "
+            f"| {format_value(scale)} | {row['mean']:+.3g} [{row['ci_low']:+.3g}, {row['ci_high']:+.3g}] "
+            f"| {row['agree']} of {row['n']} | {row['verdict']} |"
+            for scale, claim, row in judged
+        ]
         files["guidance_claims_md"] = out_dir / f"{name}_guidance_claims.md"
         files["guidance_claims_md"].write_text("\n".join(lines) + "\n")
-        columns = ["guidance_scale", "paper", "metric", *across, "n", "mean", "ci_low", "ci_high", "agree",
-                   "verdict", "seeds", "differences"]  # fmt: skip
-        files["guidance_claims_csv"] = write_csv(judged, out_dir / f"{name}_guidance_claims.csv", columns=columns)
+        files["guidance_claims_csv"] = write_csv(
+            [{"guidance_scale": scale, **row} for scale, _, row in judged],
+            out_dir / f"{name}_guidance_claims.csv", columns=["guidance_scale", *_claim_columns(spec)],
+        )  # fmt: skip
     return files
 
 
@@ -833,9 +840,7 @@ def write_study_report(
     if spec.claims:
         judged = write_claims(records, spec, out_dir / f"{name}_claims.md")
         files["claims_md"] = out_dir / f"{name}_claims.md"
-        columns = ["paper", "metric", *dict.fromkeys(k for c in spec.claims for k in c.across), "n", "mean",
-                   "ci_low", "ci_high", "agree", "verdict", "seeds", "differences"]  # fmt: skip
-        files["claims_csv"] = write_csv(judged, out_dir / f"{name}_claims.csv", columns=columns)
+        files["claims_csv"] = write_csv(judged, out_dir / f"{name}_claims.csv", columns=_claim_columns(spec))
         with files["md"].open("a") as handle:
             handle.write("\n" + files["claims_md"].read_text())
     numeric_x = all(_number(r.get(spec.x)) is not None for r in rows)
